@@ -1,0 +1,176 @@
+"""Database access: one engine, platform transactions and tenant-scoped transactions.
+
+Tenant scoping has exactly one mechanism: when a tenant session begins a
+transaction, one statement sets the transaction-local search path
+(`<tenant schema>, extensions`) and role (the tenant's own database role). Both
+revert at commit or rollback, so nothing survives on a pooled connection, and
+the connection's default search path is empty, so an unqualified name outside a
+tenant transaction fails instead of falling through to a shared schema.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import asyncpg
+from sqlalchemy import Connection, event, text
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.orm import Session, SessionTransaction
+
+from ._settings import Settings
+
+T = TypeVar("T")
+
+SCHEMA_NAME = re.compile(r"^t_[a-z0-9]{6,24}$")
+ROLE_NAME = re.compile(r"^[a-z][a-z0-9_]{1,62}$")
+EXTENSIONS_SCHEMA = "extensions"
+_ENTER_TENANT = text(
+    "select set_config('search_path', :search_path, true), set_config('role', :role, true)"
+)
+
+
+@dataclass(frozen=True)
+class TenantScope:
+    """The two names that confine a transaction to one tenant."""
+
+    schema: str
+    role: str
+
+    def __post_init__(self) -> None:
+        if not SCHEMA_NAME.match(self.schema):
+            raise ValueError(f"'{self.schema}' is not a platform-generated tenant schema name")
+        if not ROLE_NAME.match(self.role):
+            raise ValueError(f"'{self.role}' is not a tenant role name")
+
+    @property
+    def search_path(self) -> str:
+        return f'"{self.schema}", {EXTENSIONS_SCHEMA}'
+
+
+def enter_tenant(connection: Connection, scope: TenantScope) -> None:
+    """Confine the connection's current transaction to `scope` (the one place it is done)."""
+    connection.execute(_ENTER_TENANT, {"search_path": scope.search_path, "role": scope.role})
+
+
+def enter_tenant_schema(connection: Connection, scope: TenantScope) -> None:
+    """Search path only, for the platform's own DDL (migrations run as the schema owner)."""
+    connection.execute(
+        text("select set_config('search_path', :search_path, true)"),
+        {"search_path": scope.search_path},
+    )
+
+
+class TenantSession(Session):
+    """A session whose every transaction is confined to `info['tenant_scope']`."""
+
+
+@event.listens_for(TenantSession, "after_begin")
+def _scope_transaction(session: Session, _tx: SessionTransaction, connection: Connection) -> None:
+    scope = session.info.get("tenant_scope")
+    if not isinstance(scope, TenantScope):
+        raise RuntimeError("a tenant session was opened without a tenant scope")
+    enter_tenant(connection, scope)
+
+
+def is_stale_statement(exc: BaseException) -> bool:
+    """True when asyncpg refused a cached statement because another process ran DDL."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    cause = getattr(exc.orig, "__cause__", None) or exc.orig
+    return isinstance(cause, asyncpg.exceptions.InvalidCachedStatementError) or (
+        "cache lookup failed" in str(exc.orig)
+    )
+
+
+class Database:
+    """The process's connection pool and the ways to borrow from it."""
+
+    def __init__(self, url: URL, settings: Settings, *, server_settings: dict[str, str] | None = None):
+        url = url.update_query_dict(
+            {"prepared_statement_cache_size": str(settings.statement_cache_size)}
+        )
+        self.url = url
+        self.engine: AsyncEngine = create_async_engine(
+            url,
+            pool_size=settings.pool_size,
+            max_overflow=settings.max_overflow,
+            pool_recycle=settings.connection_max_lifetime_s,
+            pool_pre_ping=True,
+            connect_args={
+                "server_settings": {
+                    "search_path": "",
+                    "application_name": "dentalpin",
+                    **(server_settings or {}),
+                }
+            },
+        )
+        self._platform_sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._tenant_sessions = async_sessionmaker(
+            self.engine, expire_on_commit=False, sync_session_class=TenantSession
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Database:
+        return cls(settings.sqlalchemy_url(), settings)
+
+    @asynccontextmanager
+    async def platform(self) -> AsyncIterator[AsyncSession]:
+        """A transaction on platform tables (always schema-qualified)."""
+        async with self._platform_sessions() as session, session.begin():
+            yield session
+
+    @asynccontextmanager
+    async def tenant(self, scope: TenantScope) -> AsyncIterator[AsyncSession]:
+        """A transaction confined to one tenant's schema and role."""
+        session = self._tenant_sessions(info={"tenant_scope": scope})
+        async with session, session.begin():
+            yield session
+
+    def tenant_session(self, scope: TenantScope) -> AsyncSession:
+        """An unstarted tenant session, for callers that manage the transaction."""
+        return self._tenant_sessions(info={"tenant_scope": scope})
+
+    def session_on(self, connection: AsyncConnection, scope: TenantScope | None) -> AsyncSession:
+        """A session joined to an open connection's transaction (lifecycle hooks)."""
+        factory = self._tenant_sessions if scope else self._platform_sessions
+        info: dict[str, Any] = {"tenant_scope": scope} if scope else {}
+        return factory(bind=connection, info=info, join_transaction_mode="create_savepoint")
+
+    async def run_in_tenant(
+        self, scope: TenantScope, work: Callable[[AsyncSession], Awaitable[T]]
+    ) -> T:
+        """Run one unit of work for a tenant, retried once if a cached statement went stale.
+
+        Another process's DDL (a module upgrade) can invalidate asyncpg's prepared
+        statements; the failed transaction is gone, so the whole unit is re-run.
+        """
+        try:
+            async with self.tenant(scope) as session:
+                return await work(session)
+        except DBAPIError as exc:
+            if not is_stale_statement(exc):
+                raise
+        async with self.tenant(scope) as session:
+            return await work(session)
+
+    @asynccontextmanager
+    async def autocommit(self) -> AsyncIterator[AsyncConnection]:
+        """A connection whose every statement commits at once (job records, DDL probes)."""
+        async with self.engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            yield conn
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()

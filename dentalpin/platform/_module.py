@@ -1,0 +1,100 @@
+"""The module base class: what a module is made of and the hooks it may implement."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+from uuid import UUID
+
+from sqlalchemy import MetaData
+
+from ._manifest import Manifest
+
+if TYPE_CHECKING:
+    from fastapi import APIRouter
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+NAMING_CONVENTION: dict[str, str] = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+"""Deterministic constraint and index names, so downgrades can name what they drop."""
+
+
+def module_metadata() -> MetaData:
+    """Schema-less metadata for a module's tables; the tenant's search path places them."""
+    return MetaData(naming_convention=NAMING_CONVENTION)
+
+
+@dataclass(frozen=True)
+class TenantRef:
+    """The tenant a piece of work runs for, as modules see it."""
+
+    id: UUID
+    slug: str
+    name: str
+    schema: str
+    role: str
+
+
+@dataclass
+class LifecycleContext:
+    """What a lifecycle hook gets: its tenant, a session scoped to it, and a log."""
+
+    tenant: TenantRef
+    session: AsyncSession
+    settings: dict[str, Any]
+    log: Callable[[str], Awaitable[None]]
+    from_version: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Module:
+    """Base class of every DentalPin module, built in or third-party.
+
+    A subclass declares `manifest` and may set `metadata` (its tables), keep Alembic
+    revisions under `<package>/migrations/versions/`, return an API router from
+    `router()`, and override the lifecycle hooks. Hooks run inside the lifecycle
+    transaction, with a session scoped to the tenant's schema and role.
+    """
+
+    manifest: ClassVar[Manifest]
+    metadata: ClassVar[MetaData | None] = None
+    migrations_dir: ClassVar[str | None] = "migrations"
+    """Directory of the module's Alembic lineage, relative to its package; None: no tables."""
+
+    def router(self) -> APIRouter | None:
+        """The module's API router, mounted once at `/api/v1/<name>/`."""
+        return None
+
+    async def on_install(self, ctx: LifecycleContext) -> None:
+        """Called after the module's migrations ran for a tenant."""
+
+    async def seed(self, ctx: LifecycleContext) -> None:
+        """Initial data for a tenant (a default location, reference tables...)."""
+
+    async def on_upgrade(self, ctx: LifecycleContext) -> None:
+        """Called after an upgrade; `ctx.from_version` is the version upgraded from."""
+
+    async def before_uninstall(self, ctx: LifecycleContext) -> None:
+        """Raise `UninstallVeto(reason)` to refuse the uninstall (legal retention...)."""
+
+    async def on_uninstall(self, ctx: LifecycleContext) -> None:
+        """Called inside the uninstall transaction, before the tables are dropped."""
+
+    @classmethod
+    def package_dir(cls) -> Path:
+        return Path(inspect.getfile(cls)).resolve().parent
+
+    @classmethod
+    def migrations_path(cls) -> Path | None:
+        if cls.migrations_dir is None:
+            return None
+        path = cls.package_dir() / cls.migrations_dir
+        return path if (path / "versions").is_dir() else None

@@ -1,0 +1,47 @@
+"""Tenants: the catalogue, provisioning, schema routing, per-tenant module lifecycle, fleet."""
+
+from ._catalogue import TenantRecord, all_tenants, find_tenant, module_states, validate_slug
+from ._fleet import (
+    FleetReport,
+    migrate_platform,
+    module_heads,
+    sync_catalogue,
+    tenants_behind,
+    upgrade_fleet,
+)
+from ._lifecycle import Operation, UninstallPlan
+from ._lineage import Lineage, lineages, lint_lineage, load_lineage
+from ._operations import (
+    SchemaMissing,
+    create_tenant,
+    dry_run_uninstall,
+    restore_tenant,
+    run_locked,
+    tenant_operation,
+)
+
+__all__ = [
+    "FleetReport",
+    "Lineage",
+    "Operation",
+    "SchemaMissing",
+    "TenantRecord",
+    "UninstallPlan",
+    "all_tenants",
+    "create_tenant",
+    "dry_run_uninstall",
+    "find_tenant",
+    "lineages",
+    "lint_lineage",
+    "load_lineage",
+    "migrate_platform",
+    "module_heads",
+    "module_states",
+    "restore_tenant",
+    "run_locked",
+    "sync_catalogue",
+    "tenant_operation",
+    "tenants_behind",
+    "upgrade_fleet",
+    "validate_slug",
+]
