@@ -89,8 +89,13 @@ async def databases() -> AsyncIterator[TestDatabases]:
 async def make_platform(dbs: TestDatabases, data_dir: Path) -> Platform:
     url, prefix = await dbs.create()
     settings = Settings(
-        database_url=url, redis_url=os.environ.get("REDIS_URL"), data_dir=data_dir,
-        role_prefix=prefix, environment="test", lifecycle_lock_wait_s=5, ddl_lock_timeout_ms=2000,
+        database_url=url,
+        redis_url=os.environ.get("REDIS_URL"),
+        data_dir=data_dir,
+        role_prefix=prefix,
+        environment="test",
+        lifecycle_lock_wait_s=5,
+        ddl_lock_timeout_ms=2000,
     )
     platform = Platform.create(settings)
     await migrate_platform(platform)
@@ -109,9 +114,7 @@ async def platform(
 
 
 @pytest.fixture
-async def fresh_platform(
-    databases: TestDatabases, tmp_path: Path
-) -> AsyncIterator[Platform]:
+async def fresh_platform(databases: TestDatabases, tmp_path: Path) -> AsyncIterator[Platform]:
     """A platform database of its own, for tests that look at every tenant."""
     platform = await make_platform(databases, tmp_path)
     yield platform

@@ -97,7 +97,9 @@ def is_stale_statement(exc: BaseException) -> bool:
 class Database:
     """The process's connection pool and the ways to borrow from it."""
 
-    def __init__(self, url: URL, settings: Settings, *, server_settings: dict[str, str] | None = None):
+    def __init__(
+        self, url: URL, settings: Settings, *, server_settings: dict[str, str] | None = None
+    ):
         url = url.update_query_dict(
             {"prepared_statement_cache_size": str(settings.statement_cache_size)}
         )

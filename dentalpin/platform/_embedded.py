@@ -165,7 +165,7 @@ def _leave(data_dir: Path, token: str, started: dict[str, _Service]) -> None:
     if state.clients:
         _write_state(data_dir, state)
         others = ", ".join(str(client.pid) for client in state.clients)
-        log.info("Leaving embedded servers running for other processes (pids %s)", others)
+        log.info("Leaving embedded servers running, still in use by pid(s) %s", others)
         return
     for name, service in state.services.items():
         _stop(name, service)
@@ -296,7 +296,7 @@ def _stop_postgres(service: _Service) -> None:
     owner = pgdata.stat().st_uid
     user = owner if os.geteuid() == 0 and owner != 0 else None
     for mode in ("fast", "immediate"):
-        result = subprocess.run(  # noqa: S603 - fixed binary, our own arguments
+        result = subprocess.run(
             [str(pg_ctl), "-D", str(pgdata), "-m", mode, "-w", "-t", "30", "stop"],
             user=user,
             cwd=pgdata,

@@ -15,7 +15,7 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ._db import TenantScope
-from ._errors import PlatformError
+from ._errors import NotFound, PlatformError
 from ._module import TenantRef
 from ._runtime import Platform
 
@@ -47,10 +47,15 @@ def get_platform(request: Request) -> Platform:
     return platform
 
 
-def get_tenant(request: Request) -> TenantRef:
+async def get_tenant(request: Request) -> TenantRef:
     tenant: TenantRef | None = getattr(request.state, "tenant", None)
     if tenant is None:
-        raise PlatformError("this route needs a tenant: call it on the clinic's host name")
+        resolver = getattr(request.app.state, "tenant_resolver", None)
+        if resolver is not None:
+            await resolver(request)
+            tenant = getattr(request.state, "tenant", None)
+    if tenant is None:
+        raise NotFound("this route needs a clinic: call it on the clinic's host name")
     return tenant
 
 
@@ -76,9 +81,7 @@ class PermissionCheck:
     def __init__(self, permission: str) -> None:
         self.permission = permission
 
-    async def __call__(
-        self, principal: Annotated[Principal, Depends(get_principal)]
-    ) -> Principal:
+    async def __call__(self, principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
         if not principal.can(self.permission):
             raise Forbidden(f"permission '{self.permission}' is required")
         return principal

@@ -145,9 +145,18 @@ class InProcessExecutor:
 
 def _record(row: Any) -> JobRecord:
     return JobRecord(
-        id=row.id, kind=row.kind, tenant_id=row.tenant_id, params=row.params, state=row.state,
-        progress=row.progress, message=row.message, error=row.error, result=row.result,
-        attempts=row.attempts, created_at=row.created_at, started_at=row.started_at,
+        id=row.id,
+        kind=row.kind,
+        tenant_id=row.tenant_id,
+        params=row.params,
+        state=row.state,
+        progress=row.progress,
+        message=row.message,
+        error=row.error,
+        result=row.result,
+        attempts=row.attempts,
+        created_at=row.created_at,
+        started_at=row.started_at,
         finished_at=row.finished_at,
     )
 
@@ -166,7 +175,9 @@ async def enqueue(
             row = (
                 await conn.execute(
                     insert(jobs)
-                    .values(id=job_id, kind=kind, tenant_id=tenant_id, params=params, state="queued")
+                    .values(
+                        id=job_id, kind=kind, tenant_id=tenant_id, params=params, state="queued"
+                    )
                     .returning(*jobs.c)
                 )
             ).one()
@@ -195,8 +206,11 @@ async def _fail_abandoned(conn: AsyncConnection, tenant_id: uuid.UUID, stale_s: 
             jobs.c.state == "running",
             jobs.c.heartbeat_at < text(f"now() - interval '{float(stale_s)} seconds'"),
         )
-        .values(state="failed", error="the process running this job stopped (no heartbeat)",
-                finished_at=text("now()"))
+        .values(
+            state="failed",
+            error="the process running this job stopped (no heartbeat)",
+            finished_at=text("now()"),
+        )
     )
 
 
@@ -250,8 +264,13 @@ async def run_job(platform: Platform, job_id: uuid.UUID) -> JobRecord:
             await conn.execute(
                 update(jobs)
                 .where(jobs.c.id == job_id, jobs.c.state == "queued")
-                .values(state="running", started_at=text("now()"), heartbeat_at=text("now()"),
-                        attempts=jobs.c.attempts + 1, worker=f"{socket.gethostname()}:{os.getpid()}")
+                .values(
+                    state="running",
+                    started_at=text("now()"),
+                    heartbeat_at=text("now()"),
+                    attempts=jobs.c.attempts + 1,
+                    worker=f"{socket.gethostname()}:{os.getpid()}",
+                )
                 .returning(*jobs.c)
             )
         ).first()
@@ -277,7 +296,11 @@ def _describe(exc: BaseException) -> str:
 
 
 async def _finish(
-    conn: AsyncConnection, job_id: uuid.UUID, state: str, *, error: str | None = None,
+    conn: AsyncConnection,
+    job_id: uuid.UUID,
+    state: str,
+    *,
+    error: str | None = None,
     result: dict[str, Any] | None = None,
 ) -> None:
     values: dict[str, Any] = {"state": state, "finished_at": text("now()"), "error": error}

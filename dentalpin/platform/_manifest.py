@@ -17,8 +17,25 @@ COUNTRY = re.compile(r"^[A-Z]{2}$")
 ROLE = re.compile(r"^[a-z][a-z0-9_]{1,39}$")
 
 RESERVED_NAMES = frozenset(
-    {"platform", "tenants", "tenant", "modules", "api", "auth", "me", "admin", "jobs",
-     "static", "healthz", "readyz", "extensions", "public", "pg_catalog", "events", "core"}
+    {
+        "platform",
+        "tenants",
+        "tenant",
+        "modules",
+        "api",
+        "auth",
+        "me",
+        "admin",
+        "jobs",
+        "static",
+        "healthz",
+        "readyz",
+        "extensions",
+        "public",
+        "pg_catalog",
+        "events",
+        "core",
+    }
 )
 """Names that would collide with platform routes, schemas or tables."""
 

@@ -68,6 +68,9 @@ class Module:
     metadata: ClassVar[MetaData | None] = None
     migrations_dir: ClassVar[str | None] = "migrations"
     """Directory of the module's Alembic lineage, relative to its package; None: no tables."""
+    compatible_revision: ClassVar[str | None] = None
+    """Oldest schema revision this code still works with (expand/contract); None: its head.
+    Tenants whose schema is older get 503 for this module until the fleet upgrade reaches them."""
 
     def router(self) -> APIRouter | None:
         """The module's API router, mounted once at `/api/v1/<name>/`."""

@@ -16,7 +16,7 @@ from importlib import metadata as importlib_metadata
 
 from pydantic import ValidationError
 
-from .. import __version__ as CORE_VERSION
+from .. import __version__ as core_version_of_this_build
 from ._errors import UnknownModule
 from ._manifest import Manifest, satisfies
 from ._module import Module
@@ -69,13 +69,15 @@ class Registry:
     # Construction --------------------------------------------------------------
 
     @classmethod
-    def discover(cls, group: str = ENTRY_POINT_GROUP, core_version: str = CORE_VERSION) -> Registry:
+    def discover(
+        cls, group: str = ENTRY_POINT_GROUP, core_version: str = core_version_of_this_build
+    ) -> Registry:
         candidates = [_load_entry_point(ep) for ep in importlib_metadata.entry_points(group=group)]
         return cls.build(candidates, core_version)
 
     @classmethod
     def from_classes(
-        cls, classes: Iterable[type[Module]], core_version: str = CORE_VERSION
+        cls, classes: Iterable[type[Module]], core_version: str = core_version_of_this_build
     ) -> Registry:
         candidates = [Candidate(c.manifest.name, c, None) for c in classes]
         return cls.build(candidates, core_version)
@@ -206,9 +208,7 @@ def _accept(candidate: Candidate, core_version: str) -> tuple[ModuleSpec | None,
             f"'{manifest.name}'; the two must match"
         )
     if not satisfies(core_version, manifest.core):
-        return None, (
-            f"supports core {manifest.core}, but this is DentalPin {core_version}"
-        )
+        return None, (f"supports core {manifest.core}, but this is DentalPin {core_version}")
     try:
         instance = cls()
     except Exception as exc:

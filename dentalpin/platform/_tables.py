@@ -31,7 +31,9 @@ CATALOGUE_STATES = ("available", "quarantined", "missing")
 
 
 def _now() -> Column[object]:
-    return Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()"))
+    return Column(
+        "created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")
+    )
 
 
 def _states(column: str, states: tuple[str, ...]) -> CheckConstraint:
@@ -54,14 +56,21 @@ tenants = Table(
     Column("archived_at", DateTime(timezone=True)),
     Column("archive_id", UUID(as_uuid=True)),
     _states("status", TENANT_STATES),
-    Index("uq_tenants_live_slug", "slug", unique=True, postgresql_where=text("status <> 'archived'")),
+    Index(
+        "uq_tenants_live_slug", "slug", unique=True, postgresql_where=text("status <> 'archived'")
+    ),
 )
 
 domains = Table(
     "domains",
     metadata,
     Column("hostname", Text, primary_key=True),
-    Column("tenant_id", UUID(as_uuid=True), ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    Column(
+        "tenant_id",
+        UUID(as_uuid=True),
+        ForeignKey("tenants.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
     Column("verified", Boolean, nullable=False, server_default=text("false")),
     Column("verification_token", Text, nullable=False),
     _now(),
@@ -87,7 +96,12 @@ modules = Table(
 tenant_modules = Table(
     "tenant_modules",
     metadata,
-    Column("tenant_id", UUID(as_uuid=True), ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True),
+    Column(
+        "tenant_id",
+        UUID(as_uuid=True),
+        ForeignKey("tenants.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
     Column("module", Text, primary_key=True),
     Column("state", Text, nullable=False),
     Column("version", Text),
@@ -135,7 +149,13 @@ job_log = Table(
     "job_log",
     metadata,
     Column("id", BigInteger, primary_key=True, autoincrement=True),
-    Column("job_id", UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column(
+        "job_id",
+        UUID(as_uuid=True),
+        ForeignKey("jobs.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
     Column("at", DateTime(timezone=True), nullable=False, server_default=text("clock_timestamp()")),
     Column("level", Text, nullable=False),
     Column("message", Text, nullable=False),

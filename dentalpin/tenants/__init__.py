@@ -17,6 +17,7 @@ from ._operations import (
     dry_run_uninstall,
     restore_tenant,
     run_locked,
+    submit_lifecycle,
     tenant_operation,
 )
 
@@ -39,6 +40,7 @@ __all__ = [
     "module_states",
     "restore_tenant",
     "run_locked",
+    "submit_lifecycle",
     "sync_catalogue",
     "tenant_operation",
     "tenants_behind",

@@ -97,7 +97,9 @@ async def dump_sequences(
          where s.relkind = 'S' and s.relnamespace = $1::regnamespace and s.relname = any($3)
         order by 1
         """,
-        schema, tables, standalone,
+        schema,
+        tables,
+        standalone,
     )
     values = []
     for row in rows:
@@ -109,8 +111,11 @@ async def dump_sequences(
 async def load_tables(raw: asyncpg.Connection, schema: str, tables: list[TableData]) -> None:
     for table in tables:
         await raw.copy_to_table(
-            table.name, schema_name=schema, columns=table.columns,
-            source=io.BytesIO(table.data), format="text",
+            table.name,
+            schema_name=schema,
+            columns=table.columns,
+            source=io.BytesIO(table.data),
+            format="text",
         )
 
 
@@ -119,8 +124,10 @@ async def load_sequences(
 ) -> None:
     for seq in sequences:
         await raw.execute(
-            "select setval($1::regclass, $2, $3)", f'"{schema}"."{seq.name}"',
-            seq.last_value, seq.is_called,
+            "select setval($1::regclass, $2, $3)",
+            f'"{schema}"."{seq.name}"',
+            seq.last_value,
+            seq.is_called,
         )
 
 
@@ -140,8 +147,12 @@ def archive_key(settings: Settings) -> bytes:
 
 
 def write_archive(
-    directory: Path, name: str, contents: dict[str, Any], tables: list[TableData],
-    sequences: list[SequenceValue], key: bytes,
+    directory: Path,
+    name: str,
+    contents: dict[str, Any],
+    tables: list[TableData],
+    sequences: list[SequenceValue],
+    key: bytes,
 ) -> ArchiveFile:
     contents = {
         **contents,
@@ -188,7 +199,9 @@ def read_archive(
     try:
         plain = Fernet(key).decrypt(encrypted)
     except (InvalidToken, ValueError):
-        raise ArchiveError(f"archive file {path} cannot be decrypted with this archive key") from None
+        raise ArchiveError(
+            f"archive file {path} cannot be decrypted with this archive key"
+        ) from None
     with tarfile.open(fileobj=io.BytesIO(plain), mode="r:gz") as tar:
         contents = json.loads(_member(tar, "contents.json"))
         tables = []

@@ -20,9 +20,35 @@ from dentalpin.platform._tables import tenant_modules, tenants
 
 SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{1,38}[a-z0-9])$")
 RESERVED_SLUGS = frozenset(
-    {"www", "api", "app", "admin", "static", "assets", "mail", "smtp", "ftp", "platform",
-     "operator", "status", "docs", "help", "support", "login", "auth", "id", "sso", "cdn",
-     "reseller", "resellers", "billing", "internal", "localhost", "test", "public"}
+    {
+        "www",
+        "api",
+        "app",
+        "admin",
+        "static",
+        "assets",
+        "mail",
+        "smtp",
+        "ftp",
+        "platform",
+        "operator",
+        "status",
+        "docs",
+        "help",
+        "support",
+        "login",
+        "auth",
+        "id",
+        "sso",
+        "cdn",
+        "reseller",
+        "resellers",
+        "billing",
+        "internal",
+        "localhost",
+        "test",
+        "public",
+    }
 )
 _ALPHABET = string.ascii_lowercase + string.digits
 
@@ -49,9 +75,14 @@ class TenantRecord:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "id": str(self.id), "slug": self.slug, "name": self.name,
-            "schema": self.schema_name, "role": self.db_role, "status": self.status,
-            "placement": self.placement, "created_at": self.created_at.isoformat(),
+            "id": str(self.id),
+            "slug": self.slug,
+            "name": self.name,
+            "schema": self.schema_name,
+            "role": self.db_role,
+            "status": self.status,
+            "placement": self.placement,
+            "created_at": self.created_at.isoformat(),
             "archived_at": self.archived_at.isoformat() if self.archived_at else None,
         }
 
@@ -84,9 +115,15 @@ def new_schema_name() -> str:
 
 def _record(row: Any) -> TenantRecord:
     return TenantRecord(
-        id=row.id, slug=row.slug, name=row.name, schema_name=row.schema_name,
-        db_role=row.db_role, status=row.status, placement=row.placement,
-        created_at=row.created_at, archived_at=row.archived_at,
+        id=row.id,
+        slug=row.slug,
+        name=row.name,
+        schema_name=row.schema_name,
+        db_role=row.db_role,
+        status=row.status,
+        placement=row.placement,
+        created_at=row.created_at,
+        archived_at=row.archived_at,
     )
 
 
@@ -97,9 +134,9 @@ async def find_tenant(conn: AsyncConnection, slug: str, *, lock: bool = False) -
         query = query.with_for_update()
     row = (await conn.execute(query)).first()
     if row is None:
-        known = (await conn.execute(
-            select(tenants.c.slug).where(tenants.c.status != "archived")
-        )).scalars()
+        known = (
+            await conn.execute(select(tenants.c.slug).where(tenants.c.status != "archived"))
+        ).scalars()
         raise NotFound(f"No tenant with slug '{slug}'.{did_you_mean(slug, known)}")
     return _record(row)
 
@@ -111,7 +148,9 @@ async def tenant_by_id(conn: AsyncConnection, tenant_id: uuid.UUID) -> TenantRec
     return _record(row)
 
 
-async def all_tenants(conn: AsyncConnection, *, include_archived: bool = False) -> list[TenantRecord]:
+async def all_tenants(
+    conn: AsyncConnection, *, include_archived: bool = False
+) -> list[TenantRecord]:
     query = select(tenants).order_by(tenants.c.slug)
     if not include_archived:
         query = query.where(tenants.c.status != "archived")
@@ -120,14 +159,19 @@ async def all_tenants(conn: AsyncConnection, *, include_archived: bool = False) 
 
 async def module_states(conn: AsyncConnection, tenant_id: uuid.UUID) -> dict[str, dict[str, Any]]:
     rows = await conn.execute(
-        select(tenant_modules).where(tenant_modules.c.tenant_id == tenant_id)
+        select(tenant_modules)
+        .where(tenant_modules.c.tenant_id == tenant_id)
         .order_by(tenant_modules.c.module)
     )
     return {
         row.module: {
-            "state": row.state, "version": row.version, "revision": row.revision,
-            "error": row.error, "archive_id": str(row.archive_id) if row.archive_id else None,
-            "settings": row.settings, "owned_objects": row.owned_objects,
+            "state": row.state,
+            "version": row.version,
+            "revision": row.revision,
+            "error": row.error,
+            "archive_id": str(row.archive_id) if row.archive_id else None,
+            "settings": row.settings,
+            "owned_objects": row.owned_objects,
         }
         for row in rows
     }

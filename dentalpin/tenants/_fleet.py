@@ -25,8 +25,8 @@ from dentalpin.platform._runtime import Platform
 from dentalpin.platform._tables import modules as catalogue
 from dentalpin.platform._tables import tenant_modules
 
-from ._lineage import lineages
 from ._lifecycle import upgrade
+from ._lineage import lineages
 from ._operations import run_locked
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
@@ -58,26 +58,45 @@ async def sync_catalogue(platform: Platform) -> None:
     heads = module_heads(platform)
     now = datetime.now(UTC)
     rows: list[dict[str, Any]] = [
-        {"name": s.name, "version": s.manifest.version, "summary": s.manifest.summary,
-         "category": s.manifest.category.value, "distribution": s.distribution,
-         "state": "available", "reason": None, "head_revision": heads[s.name], "updated_at": now}
+        {
+            "name": s.name,
+            "version": s.manifest.version,
+            "summary": s.manifest.summary,
+            "category": s.manifest.category.value,
+            "distribution": s.distribution,
+            "state": "available",
+            "reason": None,
+            "head_revision": heads[s.name],
+            "updated_at": now,
+        }
         for s in platform.registry
     ] + [
-        {"name": q.name, "version": None, "summary": None, "category": None,
-         "distribution": q.distribution, "state": "quarantined", "reason": q.reason,
-         "head_revision": None, "updated_at": now}
+        {
+            "name": q.name,
+            "version": None,
+            "summary": None,
+            "category": None,
+            "distribution": q.distribution,
+            "state": "quarantined",
+            "reason": q.reason,
+            "head_revision": None,
+            "updated_at": now,
+        }
         for q in platform.registry.quarantined.values()
     ]
     async with platform.db.engine.begin() as conn:
         if rows:
             stmt = pg_insert(catalogue).values(rows)
-            await conn.execute(stmt.on_conflict_do_update(
-                index_elements=["name"],
-                set_={c: stmt.excluded[c] for c in rows[0] if c != "name"},
-            ))
+            await conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["name"],
+                    set_={c: stmt.excluded[c] for c in rows[0] if c != "name"},
+                )
+            )
         known = [r["name"] for r in rows]
         await conn.execute(
-            update(catalogue).where(catalogue.c.name.not_in(known))
+            update(catalogue)
+            .where(catalogue.c.name.not_in(known))
             .values(state="missing", reason="no installed distribution provides it", updated_at=now)
         )
 
@@ -92,9 +111,7 @@ async def tenants_behind(platform: Platform) -> dict[uuid.UUID, list[str]]:
     if not heads:
         return {}
     versions = {s.name: s.manifest.version for s in platform.registry}
-    values = ", ".join(
-        f"(:m{i}, :h{i}, :v{i})" for i in range(len(heads))
-    )
+    values = ", ".join(f"(:m{i}, :h{i}, :v{i})" for i in range(len(heads)))
     params: dict[str, Any] = {}
     for i, (name, head) in enumerate(heads.items()):
         params |= {f"m{i}": name, f"h{i}": head, f"v{i}": versions[name]}
@@ -122,12 +139,17 @@ class FleetReport:
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"behind": self.behind, "upgraded": len(self.upgraded), "failed": self.failed,
-                "seconds": round(self.seconds, 3)}
+        return {
+            "behind": self.behind,
+            "upgraded": len(self.upgraded),
+            "failed": self.failed,
+            "seconds": round(self.seconds, 3),
+        }
 
 
 async def upgrade_fleet(
-    platform: Platform, concurrency: int = 4,
+    platform: Platform,
+    concurrency: int = 4,
     on_tenant: Callable[[str, str | None], None] | None = None,
 ) -> FleetReport:
     """Upgrade every tenant that is behind, `concurrency` at a time, isolating failures."""
@@ -140,6 +162,7 @@ async def upgrade_fleet(
         async with gate:
             slug = str(tenant_id)
             try:
+
                 async def work(op: Any) -> None:
                     nonlocal slug
                     slug = op.tenant.slug

@@ -87,9 +87,16 @@ async def install(op: Operation, names: list[str]) -> list[str]:
         revision, created, _dropped = await _migrate(op, name)
         manifest = registry.get(name).manifest
         await _save_state(
-            op, name, state="installed", version=manifest.version, revision=revision,
-            owned_objects=sorted(created), settings=manifest.default_settings(),
-            installed_at=datetime.now(UTC), archive_id=None, error=None,
+            op,
+            name,
+            state="installed",
+            version=manifest.version,
+            revision=revision,
+            owned_objects=sorted(created),
+            settings=manifest.default_settings(),
+            installed_at=datetime.now(UTC),
+            archive_id=None,
+            error=None,
         )
         await _hook(op, name, "on_install")
         await _hook(op, name, "seed")
@@ -100,9 +107,13 @@ async def install(op: Operation, names: list[str]) -> list[str]:
 
 async def _check_extensions(op: Operation, plan: list[str]) -> None:
     present = set(
-        (await op.conn.execute(
-            text("select extname from pg_extension where extnamespace = 'extensions'::regnamespace")
-        )).scalars()
+        (
+            await op.conn.execute(
+                text(
+                    "select extname from pg_extension where extnamespace = 'extensions'::regnamespace"
+                )
+            )
+        ).scalars()
     )
     for name in plan:
         missing = set(op.platform.registry.get(name).manifest.requires_extensions) - present
@@ -158,9 +169,11 @@ async def _hook(op: Operation, name: str, hook: str, **extra: Any) -> None:
     session = op.platform.db.session_on(op.conn, op.tenant.scope)
     async with session:
         ctx = LifecycleContext(
-            tenant=op.tenant.ref, session=session,
+            tenant=op.tenant.ref,
+            session=session,
             settings=dict(states.get(name, {}).get("settings") or {}),
-            log=op.log, from_version=extra.get("from_version"),
+            log=op.log,
+            from_version=extra.get("from_version"),
         )
         await getattr(module, hook)(ctx)
         await session.commit()
@@ -185,7 +198,9 @@ async def upgrade(op: Operation, names: list[str] | None = None) -> list[dict[st
     installed = [n for n, s in states.items() if s["state"] == "installed"]
     unknown = [n for n in installed if n not in op.platform.registry]
     if unknown:
-        await op.log(f"skipping modules no longer available here: {', '.join(unknown)}", )
+        await op.log(
+            f"skipping modules no longer available here: {', '.join(unknown)}",
+        )
     targets = op.platform.registry.ordered(
         n for n in installed if n not in unknown and (names is None or n in names)
     )
@@ -199,12 +214,24 @@ async def upgrade(op: Operation, names: list[str] | None = None) -> list[dict[st
         revision, created, dropped = await _migrate(op, name)
         owned = (set(state["owned_objects"]) | created) - dropped
         await _save_state(
-            op, name, state="installed", version=manifest.version, revision=revision,
-            owned_objects=sorted(owned), error=None,
+            op,
+            name,
+            state="installed",
+            version=manifest.version,
+            revision=revision,
+            owned_objects=sorted(owned),
+            error=None,
         )
         await _hook(op, name, "on_upgrade", from_version=state["version"])
-        done.append({"module": name, "from": state["revision"], "to": revision,
-                     "from_version": state["version"], "to_version": manifest.version})
+        done.append(
+            {
+                "module": name,
+                "from": state["revision"],
+                "to": revision,
+                "from_version": state["version"],
+                "to_version": manifest.version,
+            }
+        )
         await op.progress((index + 1) / len(targets), f"upgraded {name}")
         await op.log(f"upgraded {name} {state['revision']} -> {revision}")
     return done
@@ -245,9 +272,11 @@ async def plan_uninstall(op: Operation, name: str, cascade: bool) -> UninstallPl
     for module in order:
         counts = {}
         for table in _owned_tables(states[module], op.lineages[module]):
-            counts[table] = (await op.conn.execute(
-                text(f'select count(*) from "{op.tenant.schema_name}"."{table}"')
-            )).scalar_one()
+            counts[table] = (
+                await op.conn.execute(
+                    text(f'select count(*) from "{op.tenant.schema_name}"."{table}"')
+                )
+            ).scalar_one()
         tables[module] = counts
     vetoes = {}
     for module in order:
@@ -260,13 +289,16 @@ async def plan_uninstall(op: Operation, name: str, cascade: bool) -> UninstallPl
 
 def _owned_tables(state: dict[str, Any], lineage: Lineage) -> list[str]:
     return sorted(
-        obj.split(":", 1)[1] for obj in state["owned_objects"]
+        obj.split(":", 1)[1]
+        for obj in state["owned_objects"]
         if obj.startswith("table:") and obj != f"table:{lineage.version_table}"
     )
 
 
 async def uninstall(
-    op: Operation, name: str, cascade: bool,
+    op: Operation,
+    name: str,
+    cascade: bool,
     announce: Callable[[UninstallPlan], Awaitable[None]] | None = None,
 ) -> dict[str, Any]:
     """Archive and drop a module (and with `cascade` its dependents) in one transaction.
@@ -292,8 +324,14 @@ async def uninstall(
         archive_id = await _archive_module(op, module, states[module], list(plan.tables[module]))
         await _drop_module(op, module, states[module])
         await _save_state(
-            op, module, state="uninstalled", revision=None, owned_objects=[], settings={},
-            archive_id=archive_id, error=None,
+            op,
+            module,
+            state="uninstalled",
+            revision=None,
+            owned_objects=[],
+            settings={},
+            archive_id=archive_id,
+            error=None,
         )
         archived[module] = str(archive_id)
         await op.progress((index + 1) / len(plan.modules), f"uninstalled {module}")
@@ -318,12 +356,26 @@ async def _archive_module(
     )
     archive_id = uuid.uuid4()
     contents = {
-        "kind": "module", "tenant_id": str(op.tenant.id), "tenant_slug": op.tenant.slug,
-        "module": module, "version": state["version"], "revision": state["revision"],
-        "settings": state["settings"], "created_at": datetime.now(UTC).isoformat(),
+        "kind": "module",
+        "tenant_id": str(op.tenant.id),
+        "tenant_slug": op.tenant.slug,
+        "module": module,
+        "version": state["version"],
+        "revision": state["revision"],
+        "settings": state["settings"],
+        "created_at": datetime.now(UTC).isoformat(),
     }
-    await _store_archive(op, archive_id, "module", contents, data, sequences, module=module,
-                         version=state["version"], revision=state["revision"])
+    await _store_archive(
+        op,
+        archive_id,
+        "module",
+        contents,
+        data,
+        sequences,
+        module=module,
+        version=state["version"],
+        revision=state["revision"],
+    )
     return archive_id
 
 
@@ -332,21 +384,33 @@ def _owned_of_kind(state: dict[str, Any], kind: str) -> list[str]:
 
 
 async def _store_archive(
-    op: Operation, archive_id: uuid.UUID, kind: str, contents: dict[str, Any],
-    data: list[archive_io.TableData], sequences: list[archive_io.SequenceValue], **columns: Any,
+    op: Operation,
+    archive_id: uuid.UUID,
+    kind: str,
+    contents: dict[str, Any],
+    data: list[archive_io.TableData],
+    sequences: list[archive_io.SequenceValue],
+    **columns: Any,
 ) -> None:
     settings = op.platform.settings
     key = archive_io.archive_key(settings)
     file = archive_io.write_archive(
-        settings.archive_dir / str(op.tenant.id), f"{contents.get('module') or 'tenant'}-{archive_id}",
+        settings.archive_dir / str(op.tenant.id),
+        f"{contents.get('module') or 'tenant'}-{archive_id}",
         {**contents, "archive_id": str(archive_id), "key": archive_io.fingerprint(key)},
-        data, sequences, key,
+        data,
+        sequences,
+        key,
     )
     op.written_files.append(str(file.path))
     await op.conn.execute(
         archives.insert().values(
-            id=archive_id, tenant_id=op.tenant.id, kind=kind, path=str(file.path.resolve()),
-            sha256=file.sha256, size_bytes=file.size_bytes,
+            id=archive_id,
+            tenant_id=op.tenant.id,
+            kind=kind,
+            path=str(file.path.resolve()),
+            sha256=file.sha256,
+            size_bytes=file.size_bytes,
             contents={"tables": {t.name: t.rows for t in data}, "sequences": len(sequences)},
             expires_at=datetime.now(UTC) + timedelta(days=settings.archive_retention_days),
             **columns,
@@ -360,13 +424,15 @@ async def _drop_module(op: Operation, module: str, state: dict[str, Any]) -> Non
     try:
         await op.conn.run_sync(lineage.downgrade_to_base)
     except Exception as exc:
-        raise MigrationError(f"downgrade of '{module}' failed for '{op.tenant.slug}': {exc}") from exc
+        raise MigrationError(
+            f"downgrade of '{module}' failed for '{op.tenant.slug}': {exc}"
+        ) from exc
     leftovers = set(state["owned_objects"]) & await owned_objects(op.conn, op.tenant.schema_name)
     schema = op.tenant.schema_name
     for kind in ("view", "table", "sequence", "function", "type"):
         for obj in sorted(o for o in leftovers if o.startswith(f"{kind}:")):
             name = obj.split(":", 1)[1]
-            target = (f'"{schema}".{name}' if kind == "function" else f'"{schema}"."{name}"')
+            target = f'"{schema}".{name}' if kind == "function" else f'"{schema}"."{name}"'
             await op.conn.execute(text(f"drop {kind} if exists {target}"))
             await op.log(f"dropped {kind} {name} left behind by {module}'s downgrades")
 
@@ -397,18 +463,32 @@ async def restore(op: Operation, name: str, archive_id: uuid.UUID | None = None)
     await load_module_data(op, data, sequences)
     manifest = op.platform.registry.get(name).manifest
     await _save_state(
-        op, name, state="installed", version=contents["version"], revision=stored_revision,
-        owned_objects=sorted(created), settings=contents.get("settings") or {},
-        installed_at=datetime.now(UTC), archive_id=None, error=None,
+        op,
+        name,
+        state="installed",
+        version=contents["version"],
+        revision=stored_revision,
+        owned_objects=sorted(created),
+        settings=contents.get("settings") or {},
+        installed_at=datetime.now(UTC),
+        archive_id=None,
+        error=None,
     )
     await op.conn.execute(
         update(archives).where(archives.c.id == row.id).values(restored_at=datetime.now(UTC))
     )
-    upgraded = await upgrade(op, [name]) if manifest.version != contents["version"] or (
-        stored_revision != lineage.head) else []
+    upgraded = (
+        await upgrade(op, [name])
+        if manifest.version != contents["version"] or (stored_revision != lineage.head)
+        else []
+    )
     await op.log(f"restored {name} from archive {row.id}")
-    return {"module": name, "archive_id": str(row.id), "rows": {t.name: t.rows for t in data},
-            "upgraded": upgraded}
+    return {
+        "module": name,
+        "archive_id": str(row.id),
+        "rows": {t.name: t.rows for t in data},
+        "upgraded": upgraded,
+    }
 
 
 def _has_revision(lineage: Lineage, revision: str) -> bool:
@@ -443,8 +523,10 @@ async def heal_interrupted(op: Operation) -> None:
     rolled back, so their tables are as they were; put the state back to match."""
     await op.conn.execute(
         update(tenant_modules)
-        .where(tenant_modules.c.tenant_id == op.tenant.id,
-               tenant_modules.c.state.in_(("uninstalling", "installing")),
-               tenant_modules.c.revision.is_not(None))
+        .where(
+            tenant_modules.c.tenant_id == op.tenant.id,
+            tenant_modules.c.state.in_(("uninstalling", "installing")),
+            tenant_modules.c.revision.is_not(None),
+        )
         .values(state="installed")
     )

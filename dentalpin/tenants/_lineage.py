@@ -190,9 +190,10 @@ def lint_lineage(lineage: Lineage, registry: Registry) -> list[str]:
                 )
                 continue
             other_lineage = load_lineage(registry.get(other).module, other)
-            if other_lineage.script is None or other_lineage.script.get_revision(
-                other_revision
-            ) is None:
+            if (
+                other_lineage.script is None
+                or other_lineage.script.get_revision(other_revision) is None
+            ):
                 problems.append(f"{where}: requires unknown revision {other}@{other_revision}")
     try:
         lineage.head  # noqa: B018 - raises on several heads

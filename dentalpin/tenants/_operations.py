@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -16,7 +17,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from dentalpin.platform import Conflict, InvalidInput, NotFound
-from dentalpin.platform._jobs import JobRecord, JobRecorder, job_kind
+from dentalpin.platform._jobs import JobRecord, JobRecorder, job_kind, submit
 from dentalpin.platform._runtime import Platform
 from dentalpin.platform._tables import archives, tenant_modules, tenants
 
@@ -64,8 +65,13 @@ class SchemaMissing(Conflict):
 
 
 async def create_tenant(
-    platform: Platform, slug: str, name: str | None = None, modules: list[str] | None = None,
-    *, log: Log = _quiet, progress: Progress = _quiet,
+    platform: Platform,
+    slug: str,
+    name: str | None = None,
+    modules: list[str] | None = None,
+    *,
+    log: Log = _quiet,
+    progress: Progress = _quiet,
 ) -> TenantRecord:
     """Provision a tenant: its row, schema and role, and its auto-install and chosen modules."""
     validate_slug(slug)
@@ -77,17 +83,30 @@ async def create_tenant(
     schema = new_schema_name()
     async with platform.db.engine.connect() as conn, conn.begin():
         try:
-            row = (await conn.execute(
-                insert(tenants).values(
-                    id=tenant_id, slug=slug, name=name, schema_name=schema,
-                    db_role=f"{platform.settings.role_prefix}{schema}", status="provisioning",
-                ).returning(*tenants.c)
-            )).one()
+            row = (
+                await conn.execute(
+                    insert(tenants)
+                    .values(
+                        id=tenant_id,
+                        slug=slug,
+                        name=name,
+                        schema_name=schema,
+                        db_role=f"{platform.settings.role_prefix}{schema}",
+                        status="provisioning",
+                    )
+                    .returning(*tenants.c)
+                )
+            ).one()
         except IntegrityError:
             raise Conflict(f"a tenant with slug '{slug}' already exists") from None
         tenant = TenantRecord(
-            id=row.id, slug=row.slug, name=row.name, schema_name=row.schema_name,
-            db_role=row.db_role, status=row.status, placement=row.placement,
+            id=row.id,
+            slug=row.slug,
+            name=row.name,
+            schema_name=row.schema_name,
+            db_role=row.db_role,
+            status=row.status,
+            placement=row.placement,
             created_at=row.created_at,
         )
         await create_schema_and_role(conn, tenant.scope)
@@ -95,16 +114,16 @@ async def create_tenant(
         await op.begin()
         if wanted:
             await install(op, wanted)
-        await conn.execute(
-            update(tenants).where(tenants.c.id == tenant_id).values(status="active")
-        )
+        await conn.execute(update(tenants).where(tenants.c.id == tenant_id).values(status="active"))
     await log(f"created tenant '{slug}' in schema {schema}")
     return TenantRecord(**{**tenant.__dict__, "status": "active"})
 
 
 @contextlib.asynccontextmanager
 async def tenant_operation(
-    platform: Platform, tenant: TenantRecord | uuid.UUID, log: Log = _quiet,
+    platform: Platform,
+    tenant: TenantRecord | uuid.UUID,
+    log: Log = _quiet,
     progress: Progress = _quiet,
 ) -> AsyncIterator[Operation]:
     """One transaction holding the tenant's lock, in the tenant's schema."""
@@ -127,13 +146,16 @@ async def tenant_operation(
         except BaseException:
             for path in op.written_files:
                 with contextlib.suppress(OSError):
-                    Path(path).unlink()
+                    os.unlink(path)
             raise
 
 
 async def run_locked(
-    platform: Platform, tenant_id: uuid.UUID, work: Callable[[Operation], Awaitable[T]],
-    log: Log = _quiet, progress: Progress = _quiet,
+    platform: Platform,
+    tenant_id: uuid.UUID,
+    work: Callable[[Operation], Awaitable[T]],
+    log: Log = _quiet,
+    progress: Progress = _quiet,
 ) -> T:
     """Run `work` in a tenant operation, retried when DDL could not get its locks in time."""
     retries = platform.settings.ddl_lock_retries
@@ -150,6 +172,33 @@ async def run_locked(
 
 
 # Lifecycle jobs ---------------------------------------------------------------------
+
+LIFECYCLE_KINDS = (
+    "lifecycle.install",
+    "lifecycle.upgrade",
+    "lifecycle.uninstall",
+    "lifecycle.restore",
+    "tenant.archive",
+)
+
+
+async def submit_lifecycle(
+    platform: Platform, tenant: TenantRecord, kind: str, params: dict[str, Any]
+) -> JobRecord:
+    """Check a lifecycle request up front (clear errors, no doomed job), then submit it."""
+    if kind not in LIFECYCLE_KINDS:
+        raise InvalidInput(f"'{kind}' is not a lifecycle operation")
+    if tenant.status != "active":
+        raise Conflict(f"tenant '{tenant.slug}' is {tenant.status}")
+    named = [*(params.get("modules") or []), *([params["module"]] if params.get("module") else [])]
+    for name in named:
+        platform.registry.get(name)
+    if params.get("archive_id"):
+        try:
+            uuid.UUID(str(params["archive_id"]))
+        except ValueError:
+            raise InvalidInput(f"'{params['archive_id']}' is not an archive id") from None
+    return await submit(platform, kind, tenant.id, params)
 
 
 def _tenant_of(job: JobRecord) -> uuid.UUID:
@@ -201,8 +250,11 @@ async def _set_states(
     async with platform.db.autocommit() as conn:
         await conn.execute(
             update(tenant_modules)
-            .where(tenant_modules.c.tenant_id == tenant_id, tenant_modules.c.module.in_(modules),
-                   tenant_modules.c.state == old)
+            .where(
+                tenant_modules.c.tenant_id == tenant_id,
+                tenant_modules.c.module.in_(modules),
+                tenant_modules.c.state == old,
+            )
             .values(state=new, updated_at=datetime.now(UTC))
         )
 
@@ -250,7 +302,8 @@ async def archive_tenant(op: Operation) -> dict[str, Any]:
     states = {n: s for n, s in (await op.states()).items() if s["state"] == "installed"}
     objects = await owned_objects(op.conn, tenant.schema_name)
     tables = sorted(
-        o.split(":", 1)[1] for o in objects
+        o.split(":", 1)[1]
+        for o in objects
         if o.startswith("table:") and not o.startswith("table:alembic_version_")
     )
     ordered = await tables_in_load_order(op.conn, tenant.schema_name, tables)
@@ -262,34 +315,53 @@ async def archive_tenant(op: Operation) -> dict[str, Any]:
     standalone = [o.split(":", 1)[1] for o in objects if o.startswith("sequence:")]
     sequences = await archive_io.dump_sequences(raw, tenant.schema_name, ordered, standalone)
     archive_id = uuid.uuid4()
-    modules = {n: {"version": s["version"], "revision": s["revision"], "settings": s["settings"]}
-               for n, s in states.items()}
-    contents = {"kind": "tenant", "tenant_id": str(tenant.id), "tenant_slug": tenant.slug,
-                "tenant_name": tenant.name, "modules": modules,
-                "created_at": datetime.now(UTC).isoformat()}
+    modules = {
+        n: {"version": s["version"], "revision": s["revision"], "settings": s["settings"]}
+        for n, s in states.items()
+    }
+    contents = {
+        "kind": "tenant",
+        "tenant_id": str(tenant.id),
+        "tenant_slug": tenant.slug,
+        "tenant_name": tenant.name,
+        "modules": modules,
+        "created_at": datetime.now(UTC).isoformat(),
+    }
     await _store_archive(op, archive_id, "tenant", contents, data, sequences)
     await op.log(f"archived {len(data)} tables of '{tenant.slug}' into {archive_id}")
     await drop_schema_and_role(op.conn, tenant.scope)
     await op.conn.execute(
-        update(tenant_modules).where(tenant_modules.c.tenant_id == tenant.id)
+        update(tenant_modules)
+        .where(tenant_modules.c.tenant_id == tenant.id)
         .values(state="uninstalled", revision=None, owned_objects=[])
     )
     await op.conn.execute(
-        update(tenants).where(tenants.c.id == tenant.id)
-        .values(status="archived", archived_at=datetime.now(UTC), archive_id=archive_id,
-                updated_at=datetime.now(UTC))
+        update(tenants)
+        .where(tenants.c.id == tenant.id)
+        .values(
+            status="archived",
+            archived_at=datetime.now(UTC),
+            archive_id=archive_id,
+            updated_at=datetime.now(UTC),
+        )
     )
     return {"archive_id": str(archive_id), "tables": {t.name: t.rows for t in data}}
 
 
 async def restore_tenant(
-    platform: Platform, archive_id: uuid.UUID, slug: str | None = None, *, log: Log = _quiet,
+    platform: Platform,
+    archive_id: uuid.UUID,
+    slug: str | None = None,
+    *,
+    log: Log = _quiet,
 ) -> TenantRecord:
     """Bring an archived tenant back under a new schema (and optionally a new slug)."""
     async with platform.db.engine.connect() as conn, conn.begin():
-        row = (await conn.execute(
-            select(archives).where(archives.c.id == archive_id, archives.c.kind == "tenant")
-        )).first()
+        row = (
+            await conn.execute(
+                select(archives).where(archives.c.id == archive_id, archives.c.kind == "tenant")
+            )
+        ).first()
         if row is None:
             raise NotFound(f"no tenant archive with id {archive_id}")
         contents, data, sequences = archive_io.read_archive(
@@ -302,9 +374,14 @@ async def restore_tenant(
         schema = new_schema_name()
         try:
             await conn.execute(
-                update(tenants).where(tenants.c.id == old.id).values(
-                    slug=new_slug, schema_name=schema, status="provisioning",
-                    db_role=f"{platform.settings.role_prefix}{schema}", archived_at=None,
+                update(tenants)
+                .where(tenants.c.id == old.id)
+                .values(
+                    slug=new_slug,
+                    schema_name=schema,
+                    status="provisioning",
+                    db_role=f"{platform.settings.role_prefix}{schema}",
+                    archived_at=None,
                     updated_at=datetime.now(UTC),
                 )
             )
@@ -318,15 +395,24 @@ async def restore_tenant(
         for name in platform.registry.ordered(modules):
             revision, created, _ = await _migrate(op, name, modules[name]["revision"])
             await _save_state(
-                op, name, state="installed", version=modules[name]["version"], revision=revision,
-                owned_objects=sorted(created), settings=modules[name]["settings"],
-                installed_at=datetime.now(UTC), archive_id=None, error=None,
+                op,
+                name,
+                state="installed",
+                version=modules[name]["version"],
+                revision=revision,
+                owned_objects=sorted(created),
+                settings=modules[name]["settings"],
+                installed_at=datetime.now(UTC),
+                archive_id=None,
+                error=None,
             )
         await load_module_data(op, data, sequences)
         await upgrade(op)
         await conn.execute(update(tenants).where(tenants.c.id == old.id).values(status="active"))
         await conn.execute(
-            update(archives).where(archives.c.id == archive_id).values(restored_at=datetime.now(UTC))
+            update(archives)
+            .where(archives.c.id == archive_id)
+            .values(restored_at=datetime.now(UTC))
         )
     await log(f"restored tenant '{new_slug}' from archive {archive_id}")
     return await _reload(platform, old.id)

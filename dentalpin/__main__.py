@@ -1,0 +1,3 @@
+from dentalpin.cli import main
+
+main()

@@ -1,0 +1,634 @@
+"""The `dentalpin` command: run the processes, migrate, manage tenants, modules and jobs.
+
+Every list/show command takes `--json`. Errors print one clear line and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from dentalpin import __version__
+from dentalpin.platform import PlatformError
+from dentalpin.platform._jobs import (
+    JobRecord,
+    executor_of,
+    get_job,
+    job_log_lines,
+    list_jobs,
+)
+from dentalpin.platform._runtime import Platform
+from dentalpin.platform._settings import get_settings
+from dentalpin.tenants import (
+    TenantRecord,
+    all_tenants,
+    create_tenant,
+    dry_run_uninstall,
+    find_tenant,
+    lineages,
+    lint_lineage,
+    migrate_platform,
+    module_states,
+    restore_tenant,
+    submit_lifecycle,
+    sync_catalogue,
+    upgrade_fleet,
+)
+
+T = TypeVar("T")
+app = typer.Typer(help="DentalPin: multi-tenant platform for dental clinics.", no_args_is_help=True)
+tenants_app = typer.Typer(
+    help="Create, list, show, archive and restore tenants.", no_args_is_help=True
+)
+modules_app = typer.Typer(
+    help="The module catalogue and per-tenant lifecycle.", no_args_is_help=True
+)
+jobs_app = typer.Typer(help="Lifecycle jobs: state, progress and log.", no_args_is_help=True)
+app.add_typer(tenants_app, name="tenants")
+app.add_typer(modules_app, name="modules")
+app.add_typer(jobs_app, name="jobs")
+
+out = Console()
+err = Console(stderr=True)
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def run(coro_fn: Callable[[Platform], Awaitable[T]]) -> T:
+    """Run one command against a platform built from the environment; errors exit 1."""
+
+    async def main() -> T:
+        platform = Platform.create()
+        try:
+            return await coro_fn(platform)
+        finally:
+            await platform.close()
+
+    try:
+        return asyncio.run(main())
+    except PlatformError as exc:
+        err.print(f"[red]error:[/red] {exc.detail}")
+        raise typer.Exit(1) from None
+    except RuntimeError as exc:
+        if "DATABASE_URL" in str(exc):
+            err.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(1) from None
+        raise
+
+
+def emit_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+# Processes ---------------------------------------------------------------------------
+
+
+@app.command()
+def version() -> None:
+    """Print the core version."""
+    typer.echo(__version__)
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    workers: int = typer.Option(1, help="Web worker processes."),
+) -> None:
+    """Run the web process (the Procfile's `web`)."""
+    import uvicorn
+
+    uvicorn.run(
+        "dentalpin.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        proxy_headers=True,
+        log_level="info",
+    )
+
+
+@app.command()
+def worker(
+    queues: str = typer.Option("events,lifecycle,periodic", help="Queues to consume."),
+    concurrency: int = typer.Option(2, help="Worker processes."),
+) -> None:
+    """Run a Celery worker (the Procfile's `worker`)."""
+    from dentalpin.platform._celery import app as celery
+
+    celery.worker_main(["worker", "-Q", queues, "-c", str(concurrency), "--loglevel=INFO"])
+
+
+@app.command()
+def beat() -> None:
+    """Run the Celery beat scheduler (the Procfile's `beat`; run exactly one)."""
+    from dentalpin.platform._celery import app as celery
+
+    schedule = get_settings().data_dir / "celerybeat-schedule"
+    schedule.parent.mkdir(parents=True, exist_ok=True)
+    celery.start(["beat", "--loglevel=INFO", "-s", str(schedule)])
+
+
+@app.command()
+def up(
+    port: int = typer.Option(8000, help="Web port."),
+    demo: str = typer.Option("demo", help="Slug of the demo clinic to create."),
+) -> None:
+    """Development all-in-one: servers (embedded when not configured), migrate, a demo
+    clinic, then web + worker + beat until Ctrl-C."""
+    from dentalpin.platform._embedded import services
+
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with services(settings) as urls:
+        env = {
+            **os.environ,
+            "DATABASE_URL": urls.database_url,
+            "REDIS_URL": urls.redis_url,
+            "DENTALPIN_DATA_DIR": str(settings.data_dir.resolve()),
+        }
+        for name in urls.embedded:
+            out.print(f"[green]started embedded {name}[/green]")
+        me = [sys.executable, "-m", "dentalpin"]
+        subprocess.run([*me, "migrate"], env=env, check=True)
+        subprocess.run([*me, "demo", "--slug", demo], env=env, check=True)
+        out.print(
+            f"\n[bold]DentalPin is up.[/bold] Demo clinic: http://{demo}.{settings.base_domain}:"
+            f"{port}/api/v1/  ·  health: http://127.0.0.1:{port}/readyz  ·  API docs: "
+            f"http://127.0.0.1:{port}/api/docs\nPress Ctrl-C to stop.\n"
+        )
+        _supervise(
+            {
+                "web": [*me, "serve", "--port", str(port)],
+                "worker": [*me, "worker"],
+                "beat": [*me, "beat"],
+            },
+            env,
+        )
+
+
+def _supervise(commands: dict[str, list[str]], env: dict[str, str]) -> None:
+    """Run the processes together; when one stops or Ctrl-C arrives, stop them all."""
+    procs = {name: subprocess.Popen(cmd, env=env) for name, cmd in commands.items()}
+    stopping = False
+
+    def stop(*_: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while not stopping and all(p.poll() is None for p in procs.values()):
+            time.sleep(0.5)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for proc in procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    failed = [n for n, p in procs.items() if p.returncode not in (0, -signal.SIGTERM, None)]
+    if failed and not stopping:
+        err.print(f"[red]stopped because {', '.join(failed)} exited[/red]")
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(slug: str = typer.Option("demo", help="Slug of the demo clinic.")) -> None:
+    """Create the demo clinic if it does not exist yet."""
+
+    async def go(platform: Platform) -> None:
+        async with platform.db.engine.connect() as conn:
+            existing = [t.slug for t in await all_tenants(conn)]
+        if slug in existing:
+            out.print(f"demo clinic '{slug}' already exists")
+            return
+        tenant = await create_tenant(platform, slug, "Clínica Dental Demo")
+        out.print(f"created demo clinic '{tenant.slug}' (schema {tenant.schema_name})")
+
+    run(go)
+
+
+@app.command()
+def migrate(
+    concurrency: int = typer.Option(4, min=1, max=64, help="Tenants upgraded at the same time."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Migrate the platform schema, then upgrade every tenant that is behind."""
+
+    async def go(platform: Platform) -> int:
+        revision = await migrate_platform(platform)
+        await sync_catalogue(platform)
+        from dentalpin.tenants import tenants_behind
+
+        behind = await tenants_behind(platform)
+        if not as_json:
+            out.print(f"platform schema at {revision}; {len(behind)} tenant(s) behind")
+        if not behind:
+            if as_json:
+                emit_json({"platform_revision": revision, "behind": 0, "upgraded": 0, "failed": {}})
+            return 0
+        with _progress(disable=as_json) as bar:
+            task = bar.add_task("upgrading tenants", total=len(behind))
+
+            def advance(slug: str, error: str | None) -> None:
+                bar.advance(task)
+                if error and not as_json:
+                    bar.console.print(f"[red]✗ {slug}[/red]: {error}")
+
+            report = await upgrade_fleet(platform, concurrency, advance)
+        if as_json:
+            emit_json({"platform_revision": revision, **report.as_dict()})
+        else:
+            out.print(
+                f"upgraded {len(report.upgraded)} tenant(s), {len(report.failed)} failed, "
+                f"in {report.seconds:.1f}s"
+            )
+        return 1 if report.failed else 0
+
+    code = run(go)
+    raise typer.Exit(code)
+
+
+def _progress(disable: bool = False) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[message]}" if False else ""),
+        TimeElapsedColumn(),
+        console=err,
+        disable=disable,
+        transient=False,
+    )
+
+
+# Tenants -----------------------------------------------------------------------------
+
+
+@tenants_app.command("create")
+def tenants_create(
+    slug: str,
+    name: Annotated[str | None, typer.Option(help="Display name.")] = None,
+    modules: Annotated[str, typer.Option(help="Comma-separated modules to install too.")] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a tenant with the auto-install modules (and --modules)."""
+    wanted = [m.strip() for m in modules.split(",") if m.strip()]
+
+    async def go(platform: Platform) -> None:
+        tenant = await create_tenant(platform, slug, name, wanted)
+        if as_json:
+            emit_json(tenant.as_dict())
+        else:
+            out.print(f"created tenant '{tenant.slug}' (schema {tenant.schema_name})")
+
+    run(go)
+
+
+@tenants_app.command("list")
+def tenants_list(
+    archived: bool = typer.Option(False, "--archived", help="Include archived tenants."),
+    as_json: JsonOpt = False,
+) -> None:
+    """List tenants."""
+
+    async def go(platform: Platform) -> None:
+        async with platform.db.engine.connect() as conn:
+            rows = await all_tenants(conn, include_archived=archived)
+        if as_json:
+            emit_json([t.as_dict() for t in rows])
+            return
+        table = Table("slug", "name", "status", "schema", "created")
+        for t in rows:
+            table.add_row(t.slug, t.name, t.status, t.schema_name, f"{t.created_at:%Y-%m-%d %H:%M}")
+        out.print(table)
+
+    run(go)
+
+
+@tenants_app.command("show")
+def tenants_show(slug: str, as_json: JsonOpt = False) -> None:
+    """Show a tenant and its modules."""
+
+    async def go(platform: Platform) -> None:
+        async with platform.db.engine.connect() as conn:
+            tenant = await find_tenant(conn, slug)
+            states = await module_states(conn, tenant.id)
+        data = {
+            **tenant.as_dict(),
+            "modules": {
+                n: {k: v for k, v in s.items() if k != "owned_objects"} for n, s in states.items()
+            },
+        }
+        if as_json:
+            emit_json(data)
+            return
+        out.print(
+            f"[bold]{tenant.name}[/bold] ({tenant.slug}) — {tenant.status}, "
+            f"schema {tenant.schema_name}, placement {tenant.placement}"
+        )
+        table = Table("module", "state", "version", "revision", "error")
+        for name, s in states.items():
+            table.add_row(
+                name, s["state"], s["version"] or "", s["revision"] or "", s["error"] or ""
+            )
+        out.print(table)
+
+    run(go)
+
+
+@tenants_app.command("archive")
+def tenants_archive(
+    slug: str,
+    yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
+) -> None:
+    """Dump the tenant's schema into a restorable archive, then drop it."""
+    if not yes:
+        typer.confirm(f"Archive tenant '{slug}' and drop its schema?", abort=True)
+
+    async def go(platform: Platform) -> int:
+        async with platform.db.engine.connect() as conn:
+            tenant = await find_tenant(conn, slug)
+        return await _run_job(platform, "tenant.archive", tenant, {})
+
+    raise typer.Exit(run(go))
+
+
+@tenants_app.command("restore")
+def tenants_restore(
+    archive_id: uuid.UUID,
+    slug: Annotated[str | None, typer.Option(help="Restore under another slug.")] = None,
+) -> None:
+    """Bring an archived tenant back from its archive."""
+
+    async def go(platform: Platform) -> None:
+        tenant = await restore_tenant(platform, archive_id, slug)
+        out.print(f"restored tenant '{tenant.slug}' (schema {tenant.schema_name})")
+
+    run(go)
+
+
+# Modules -----------------------------------------------------------------------------
+
+
+@modules_app.command("list")
+def modules_list(
+    tenant: Annotated[str | None, typer.Option(help="Show states for this tenant.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The module catalogue with states; quarantined modules with their reasons."""
+
+    async def go(platform: Platform) -> None:
+        states: dict[str, dict[str, Any]] = {}
+        if tenant:
+            async with platform.db.engine.connect() as conn:
+                record = await find_tenant(conn, tenant)
+                states = await module_states(conn, record.id)
+        heads = {n: lin.head for n, lin in lineages(platform.registry, platform.state).items()}
+        rows = [
+            {
+                "name": s.name,
+                "version": s.manifest.version,
+                "category": s.manifest.category.value,
+                "depends": s.manifest.depends,
+                "auto_install": s.manifest.auto_install,
+                "distribution": s.distribution,
+                "head": heads.get(s.name),
+                "status": "available",
+                "reason": None,
+                **(
+                    {"tenant_state": states.get(s.name, {}).get("state", "absent")}
+                    if tenant
+                    else {}
+                ),
+            }
+            for s in platform.registry
+        ] + [
+            {
+                "name": q.name,
+                "version": None,
+                "category": None,
+                "depends": {},
+                "auto_install": False,
+                "distribution": q.distribution,
+                "head": None,
+                "status": "quarantined",
+                "reason": q.reason,
+            }
+            for q in platform.registry.quarantined.values()
+        ]
+        if as_json:
+            emit_json(rows)
+            return
+        table = Table(
+            "module",
+            "version",
+            "category",
+            "depends",
+            "status",
+            *(["tenant"] if tenant else []),
+            "reason",
+        )
+        for r in rows:
+            table.add_row(
+                r["name"],
+                r["version"] or "",
+                r["category"] or "",
+                ", ".join(f"{k}{v}" for k, v in r["depends"].items()),
+                r["status"],
+                *([r.get("tenant_state", "")] if tenant else []),
+                r["reason"] or "",
+            )
+        out.print(table)
+
+    run(go)
+
+
+@modules_app.command("install")
+def modules_install(slug: str, modules: list[str]) -> None:
+    """Install modules (and the dependencies they lack) for a tenant."""
+    _tenant_job(slug, "lifecycle.install", {"modules": modules})
+
+
+@modules_app.command("upgrade")
+def modules_upgrade(
+    slug: str, modules: Annotated[list[str] | None, typer.Argument()] = None
+) -> None:
+    """Upgrade a tenant's modules (all by default) to the code's head revision."""
+    _tenant_job(slug, "lifecycle.upgrade", {"modules": modules or None})
+
+
+@modules_app.command("uninstall")
+def modules_uninstall(
+    slug: str,
+    module: str,
+    cascade: bool = typer.Option(False, "--cascade", help="Uninstall dependents first."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and change nothing."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Archive and drop a module's data for a tenant."""
+    if dry_run:
+
+        async def plan(platform: Platform) -> None:
+            result = await dry_run_uninstall(platform, slug, module, cascade)
+            if as_json:
+                emit_json(result.as_dict())
+                return
+            out.print(
+                f"[bold]Plan[/bold] (nothing changed): uninstall {' → '.join(result.modules)}"
+            )
+            for name in result.modules:
+                tables = result.tables[name]
+                listed = ", ".join(f"{t} ({n} rows)" for t, n in tables.items()) or "no tables"
+                out.print(f"  {name}: archive and drop {listed}")
+            for name, reason in result.vetoes.items():
+                out.print(f"  [red]{name} refuses:[/red] {reason}")
+
+        run(plan)
+        return
+    _tenant_job(slug, "lifecycle.uninstall", {"module": module, "cascade": cascade})
+
+
+@modules_app.command("restore")
+def modules_restore(
+    slug: str,
+    module: str,
+    backup: Annotated[
+        str | None, typer.Option("--backup", help="Archive id (default: latest).")
+    ] = None,
+) -> None:
+    """Reinstall an uninstalled module and load its archived data."""
+    _tenant_job(slug, "lifecycle.restore", {"module": module, "archive_id": backup})
+
+
+@modules_app.command("lint")
+def modules_lint() -> None:
+    """Check every module's revisions (no CREATE EXTENSION, known requirements, one head)."""
+    from dentalpin.platform import Registry
+
+    registry = Registry.discover()
+    problems = [p for lin in lineages(registry, {}).values() for p in lint_lineage(lin, registry)]
+    for q in registry.quarantined.values():
+        problems.append(f"{q.name}: quarantined: {q.reason}")
+    for problem in problems:
+        err.print(f"[red]✗[/red] {problem}")
+    if problems:
+        raise typer.Exit(1)
+    out.print(f"{len(registry)} module(s) clean")
+
+
+def _tenant_job(slug: str, kind: str, params: dict[str, Any]) -> None:
+    async def go(platform: Platform) -> int:
+        async with platform.db.engine.connect() as conn:
+            tenant = await find_tenant(conn, slug)
+        return await _run_job(platform, kind, tenant, params)
+
+    raise typer.Exit(run(go))
+
+
+async def _run_job(
+    platform: Platform, kind: str, tenant: TenantRecord, params: dict[str, Any]
+) -> int:
+    """Submit a job and follow its progress until it ends; 0 when it succeeded."""
+    job = await submit_lifecycle(platform, tenant, kind, params)
+    out.print(f"job {job.id} ({kind}) queued")
+    waiting = asyncio.ensure_future(executor_of(platform).wait(platform, job.id))
+    with _progress() as bar:
+        task = bar.add_task(kind, total=1.0)
+        while not waiting.done():
+            current = await get_job(platform, job.id)
+            bar.update(task, completed=current.progress, description=current.message or kind)
+            await asyncio.sleep(0.2)
+        final = await waiting
+        bar.update(task, completed=final.progress)
+    return _report(final)
+
+
+def _report(job: JobRecord) -> int:
+    if job.state == "succeeded":
+        out.print(f"[green]✓[/green] {job.kind} succeeded")
+        if job.result:
+            out.print_json(json.dumps(job.result, default=str))
+        return 0
+    err.print(f"[red]✗ {job.kind} {job.state}:[/red] {job.error}")
+    return 1
+
+
+# Jobs --------------------------------------------------------------------------------
+
+
+@jobs_app.command("list")
+def jobs_list(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's jobs.")] = None,
+    limit: int = typer.Option(50, help="How many, newest first."),
+    as_json: JsonOpt = False,
+) -> None:
+    """List jobs, newest first."""
+
+    async def go(platform: Platform) -> None:
+        tenant_id = None
+        if tenant:
+            async with platform.db.engine.connect() as conn:
+                tenant_id = (await find_tenant(conn, tenant)).id
+        rows = await list_jobs(platform, tenant_id, limit)
+        if as_json:
+            emit_json([j.as_dict() for j in rows])
+            return
+        table = Table("id", "kind", "state", "progress", "created", "error")
+        for j in rows:
+            table.add_row(
+                str(j.id),
+                j.kind,
+                j.state,
+                f"{j.progress:.0%}",
+                f"{j.created_at:%Y-%m-%d %H:%M:%S}",
+                (j.error or "")[:80],
+            )
+        out.print(table)
+
+    run(go)
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: uuid.UUID, as_json: JsonOpt = False) -> None:
+    """Show a job with its log."""
+
+    async def go(platform: Platform) -> None:
+        job = await get_job(platform, job_id)
+        lines = await job_log_lines(platform, job_id)
+        if as_json:
+            emit_json({**job.as_dict(), "log": lines})
+            return
+        out.print(f"[bold]{job.kind}[/bold] {job.id}: {job.state} ({job.progress:.0%})")
+        if job.error:
+            out.print(f"[red]error:[/red] {job.error}")
+        for line in lines:
+            out.print(f"  {line['at'][11:19]} {line['level']:5} {line['message']}")
+
+    run(go)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""RFC 9457 problem details for every error the HTTP layer returns."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from ._errors import PlatformError
+
+PROBLEM_BASE = "https://dentalpin.dev/problems/"
+MEDIA_TYPE = "application/problem+json"
+
+
+def problem(request: Request, status: int, kind: str, detail: str, **extra: Any) -> JSONResponse:
+    body = {
+        "type": PROBLEM_BASE + kind,
+        "title": kind.replace("-", " ").capitalize(),
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+        **extra,
+    }
+    return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE)
+
+
+async def _platform_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, PlatformError)
+    return problem(request, exc.status, exc.problem, exc.detail)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    kind = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
+    return problem(request, exc.status_code, kind, str(exc.detail))
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+    return problem(request, 422, "invalid-input", "the request is not valid", errors=errors)
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(PlatformError, _platform_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
