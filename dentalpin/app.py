@@ -8,6 +8,7 @@ tenant's schema is older than the module's code can use).
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -17,6 +18,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from dentalpin import __version__
 from dentalpin.platform import Conflict, NotFound, TenantRef
@@ -28,6 +30,7 @@ from dentalpin.tenants import lineages
 from dentalpin.tenants._fleet import MIGRATIONS_DIR, alembic_config
 
 API_PREFIX = "/api/v1"
+_HOSTNAME = re.compile(r"[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?")
 
 _RESOLVE = text(
     """
@@ -63,10 +66,19 @@ async def resolve_tenant(request: Request) -> ResolvedTenant | None:
         return cached
     platform: Platform = request.app.state.platform
     host = host_of(request)
+    if not _HOSTNAME.fullmatch(host):
+        return None  # not a host name at all (NUL bytes, spaces, quotes...): serve no clinic
     suffix = "." + platform.settings.base_domain
     slug = host[: -len(suffix)] if host.endswith(suffix) else None
-    async with platform.db.engine.connect() as conn:
-        row = (await conn.execute(_RESOLVE, {"slug": slug, "host": host})).first()
+    try:
+        async with platform.db.engine.connect() as conn:
+            row = (await conn.execute(_RESOLVE, {"slug": slug, "host": host})).first()
+    except (OSError, OperationalError, InterfaceError) as exc:
+        raise Unavailable("the clinic directory cannot be reached; retry shortly") from exc
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        raise Unavailable("the clinic directory cannot be reached; retry shortly") from exc
     if row is None:
         return None
     resolved = ResolvedTenant(

@@ -295,19 +295,27 @@ def _stop_postgres(service: _Service) -> None:
     # a system user), and pg_ctl may only signal it as that user.
     owner = pgdata.stat().st_uid
     user = owner if os.geteuid() == 0 and owner != 0 else None
-    for mode in ("fast", "immediate"):
-        result = subprocess.run(
-            [str(pg_ctl), "-D", str(pgdata), "-m", mode, "-w", "-t", "30", "stop"],
-            user=user,
-            cwd=pgdata,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if result.returncode == 0 or not _pid_alive(service.pid):
-            break
-        log.warning("pg_ctl stop -m %s failed: %s", mode, result.stderr.strip())
+    # `-D .` from inside the data dir: that user may no longer be able to traverse
+    # its parents (pytest re-privatises its temp root whenever a worker starts).
+    result = subprocess.run(
+        [str(pg_ctl), "-D", ".", "-m", "fast", "-w", "-t", "30", "stop"],
+        user=user,
+        cwd=pgdata,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0 and _pid_alive(service.pid):
+        log.warning("pg_ctl stop failed, signalling the postmaster: %s", result.stderr.strip())
+        # What pg_ctl would send: SIGINT is a fast shutdown, SIGQUIT an immediate one.
+        for sig, wait in ((signal.SIGINT, 20.0), (signal.SIGQUIT, 10.0), (signal.SIGKILL, 5.0)):
+            if _postmaster_pid(pgdata, ready=False) not in (None, service.pid):
+                break  # not our postmaster any more
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(service.pid, sig)
+            if _wait_gone(service.pid, wait):
+                break
     if _wait_gone(service.pid, 10.0):
         log.info("Stopped embedded PostgreSQL (pid %d)", service.pid)
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -15,7 +16,14 @@ PROBLEM_BASE = "https://dentalpin.dev/problems/"
 MEDIA_TYPE = "application/problem+json"
 
 
-def problem(request: Request, status: int, kind: str, detail: str, **extra: Any) -> JSONResponse:
+def problem(
+    request: Request,
+    status: int,
+    kind: str,
+    detail: str,
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
     body = {
         "type": PROBLEM_BASE + kind,
         "title": kind.replace("-", " ").capitalize(),
@@ -24,18 +32,21 @@ def problem(request: Request, status: int, kind: str, detail: str, **extra: Any)
         "instance": request.url.path,
         **extra,
     }
-    return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE)
+    return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 
 async def _platform_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, PlatformError)
-    return problem(request, exc.status, exc.problem, exc.detail)
+    # RFC 9110 §15.5.2: a 401 must say how to authenticate.
+    headers = {"WWW-Authenticate": 'Bearer realm="dentalpin"'} if exc.status == 401 else None
+    return problem(request, exc.status, exc.problem, exc.detail, headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     kind = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
-    return problem(request, exc.status_code, kind, str(exc.detail))
+    # Keep the exception's headers (405's `Allow`, for one).
+    return problem(request, exc.status_code, kind, str(exc.detail), exc.headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -44,7 +55,15 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return problem(request, 422, "invalid-input", "the request is not valid", errors=errors)
 
 
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    # Starlette logs the exception and re-raises it after this response; nothing leaks here.
+    return problem(
+        request, 500, "internal-error", "an unexpected error occurred; it has been logged"
+    )
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(PlatformError, _platform_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected_error)

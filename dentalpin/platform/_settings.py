@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     ddl_lock_timeout_ms: int = 3000
     ddl_lock_retries: int = 5
     lifecycle_lock_wait_s: float = 10.0
+    provision_with_ddl_images: bool = True
+    """Install a module into a fresh tenant by replaying its captured DDL image instead of
+    running its Alembic revisions (same result, tested); off to compare or to rule it out."""
     job_heartbeat_stale_s: float = 120.0
     archive_retention_days: int = 365 * 6
     """Spanish law keeps clinical records at least five years; archives outlive that."""

@@ -92,7 +92,7 @@ _DESCRIBE: dict[str, str] = {
         select sequencename || ' ' || data_type::text || ' ' || increment_by
           from pg_sequences where schemaname = :schema""",
     "types": """
-        select t.typname || ' ' || t.typtype || coalesce(' ' || (
+        select t.typname || ' ' || t.typtype::text || coalesce(' ' || (
                  select string_agg(e.enumlabel, ',' order by e.enumsortorder)
                    from pg_enum e where e.enumtypid = t.oid), '')
           from pg_type t
@@ -110,15 +110,38 @@ _DESCRIBE: dict[str, str] = {
         select c.relname || ' ' || pg_get_viewdef(c.oid) from pg_class c
          where c.relnamespace = cast(:schema as regnamespace) and c.relkind in ('v', 'm')""",
     "grants": """
-        select c.relname || ' ' || coalesce(c.relacl::text, '') from pg_class c
-         where c.relnamespace = cast(:schema as regnamespace) and c.relkind in ('r', 'p', 'v', 'S')""",
+        select c.relname || ' ' || coalesce(
+                 (select string_agg(case when a.grantee = 0 then 'public'
+                                         when r.rolname like 't\\_%' or r.rolname ~ '_t_[a-z0-9]+$'
+                                         then 'tenant' else r.rolname end
+                                    || ':' || a.privilege_type, ',' order by 1)
+                    from aclexplode(c.relacl) a left join pg_roles r on r.oid = a.grantee), '')
+          from pg_class c
+         where c.relnamespace = cast(:schema as regnamespace)
+           and c.relkind in ('r', 'p', 'v', 'S')""",
 }
 
 
 async def describe_schema(conn: AsyncConnection, schema: str) -> dict[str, Any]:
-    """Every object of a schema, as sorted text, for object-for-object comparisons."""
+    """Every object of a schema, as sorted text, for object-for-object comparisons.
+
+    The schema is put on the search path while reading, so definitions print without
+    their schema name and two tenants' schemas compare equal when their objects do.
+    """
+    previous = (await conn.execute(text("select current_setting('search_path')"))).scalar()
+    await conn.execute(
+        text("select set_config('search_path', :path, true)"), {"path": f'"{schema}", extensions'}
+    )
     described: dict[str, Any] = {}
-    for kind, query in _DESCRIBE.items():
-        rows = (await conn.execute(text(query), {"schema": schema})).scalars()
-        described[kind] = sorted(rows)
+    try:
+        for kind, query in _DESCRIBE.items():
+            rows = (await conn.execute(text(query), {"schema": schema})).scalars()
+            # Index and function definitions always name their schema; drop it.
+            described[kind] = sorted(
+                row.replace(f'"{schema}".', "").replace(f"{schema}.", "") for row in rows
+            )
+    finally:
+        await conn.execute(
+            text("select set_config('search_path', :path, true)"), {"path": previous}
+        )
     return described

@@ -27,8 +27,9 @@ from dentalpin.platform._tables import archives, tenant_modules
 
 from . import _archive as archive_io
 from ._catalogue import TenantRecord, module_states
+from ._images import install_from_image
 from ._introspect import owned_objects, tables_in_load_order
-from ._lineage import Lineage, MigrationError, lineages
+from ._lineage import Lineage, MigrationError, lineages, run_alembic
 
 Log = Callable[[str], Awaitable[None]]
 Progress = Callable[[float, str], Awaitable[None]]
@@ -133,7 +134,13 @@ async def _migrate(
     before = await owned_objects(op.conn, schema)
     requires_ok = _requirements_checker(op, lineage, target)
     try:
-        revision = await op.conn.run_sync(lambda c: (requires_ok(c), lineage.upgrade(c, target))[1])
+        # A fresh install to head replays the module's DDL image where that is exactly what
+        # its revisions would do (same statements, one round trip); otherwise run Alembic.
+        revision = await install_from_image(op.platform, op.conn, lineage, schema, target, before)
+        if revision is None:
+            revision = await run_alembic(
+                op.conn, lambda c: (requires_ok(c), lineage.upgrade(c, target))[1]
+            )
     except (MigrationError, InvalidInput):
         raise
     except Exception as exc:
@@ -422,7 +429,7 @@ async def _drop_module(op: Operation, module: str, state: dict[str, Any]) -> Non
     """Downgrade to base, then drop whatever the module created that its downgrades left."""
     lineage = op.lineages[module]
     try:
-        await op.conn.run_sync(lineage.downgrade_to_base)
+        await run_alembic(op.conn, lineage.downgrade_to_base)
     except Exception as exc:
         raise MigrationError(
             f"downgrade of '{module}' failed for '{op.tenant.slug}': {exc}"

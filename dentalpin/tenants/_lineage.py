@@ -11,24 +11,42 @@ that schema. A revision that needs another module's revision declares it:
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
 from alembic.script import Script, ScriptDirectory
 from sqlalchemy import Connection, event, inspect, text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from dentalpin.platform import Module, Registry
 from dentalpin.platform._errors import PlatformError
 
 CREATE_EXTENSION = re.compile(r"create\s+extension", re.IGNORECASE)
 _lock = threading.Lock()
+_alembic_locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
+T = TypeVar("T")
+
+
+async def run_alembic(conn: AsyncConnection, fn: Callable[[Connection], T]) -> T:
+    """Run Alembic-driven work on `conn`, one at a time per process.
+
+    Alembic's `op` and `context` are process-global proxies. Two migrations awaiting
+    database I/O in the same event loop would interleave and share them, so the
+    Alembic part is serialised; everything around it (locks, hooks, archives,
+    commits) still runs concurrently.
+    """
+    loop = asyncio.get_running_loop()
+    lock = _alembic_locks.setdefault(loop, asyncio.Lock())
+    async with lock:
+        return await conn.run_sync(fn)
 
 
 class MigrationError(PlatformError):
@@ -52,6 +70,8 @@ class Lineage:
         if self.script is None:
             return None
         heads = self.script.get_heads()
+        if not heads:
+            return None
         if len(heads) != 1:
             raise MigrationError(
                 f"module '{self.module}' has {len(heads)} migration heads {heads}; "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -41,8 +43,16 @@ async def _sql(database_url: str, *statements: str) -> list[object]:
         await engine.dispose()
 
 
-async def test_embedded_services_persist_and_stop(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    # Not under tmp_path: as root PostgreSQL runs as another user that must
+    # traverse the parents, and pytest makes its temp root private again whenever
+    # an xdist worker starts.
+    with tempfile.TemporaryDirectory(prefix="dentalpin-embedded-") as tmp:
+        yield Path(tmp) / "data"
+
+
+async def test_embedded_services_persist_and_stop(data_dir: Path) -> None:
     settings = Settings(database_url=None, redis_url=None, data_dir=data_dir)
 
     with services(settings) as urls:

@@ -1,0 +1,84 @@
+"""The tenant catalogue: creation with hostile input, archive and restore."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select, text
+
+from dentalpin.platform import Conflict, InvalidInput
+from dentalpin.platform._jobs import executor_of, submit
+from dentalpin.platform._tables import tenants
+from dentalpin.tenants import all_tenants, create_tenant, find_tenant, restore_tenant
+from dentalpin.tenants._introspect import describe_schema, schema_exists
+from tests.conftest import unique_slug
+
+
+async def counts(platform):
+    async with platform.db.engine.connect() as conn:
+        n_tenants = (await conn.execute(select(func.count()).select_from(tenants))).scalar()
+        n_schemas = (await conn.execute(text(
+            "select count(*) from pg_namespace where nspname like 't\\_%'"))).scalar()
+    return n_tenants, n_schemas
+
+
+@pytest.mark.parametrize("slug", [
+    "x'; drop table platform.tenants; --", "../../etc/passwd", "Acme", "a", "-acme", "acme-",
+    "ac--me", "xn--acme", "admin", "www", "a" * 41, "acme dental", "acmé", "acme\x00", "",
+])
+async def test_hostile_or_reserved_slugs_are_refused_and_nothing_is_created(platform, slug):
+    before = await counts(platform)
+    with pytest.raises(InvalidInput):
+        await create_tenant(platform, slug)
+    assert await counts(platform) == before
+
+
+async def test_names_are_data_and_schema_names_are_generated(platform):
+    slug = unique_slug()
+    tenant = await create_tenant(platform, slug, name="Clínica O'Brien; drop table x")
+    assert tenant.name == "Clínica O'Brien; drop table x"
+    assert tenant.schema_name.startswith("t_") and slug not in tenant.schema_name
+    assert tenant.db_role == platform.settings.role_prefix + tenant.schema_name
+    with pytest.raises(Conflict, match="already exists"):
+        await create_tenant(platform, slug)
+    with pytest.raises(InvalidInput):
+        await create_tenant(platform, unique_slug(), name="\x07bell")
+
+
+async def test_archive_drops_the_schema_and_restore_brings_the_clinic_back(platform):
+    slug = unique_slug("archive")
+    tenant = await create_tenant(platform, slug, modules=["recall"])
+    async with platform.db.tenant(tenant.scope) as s:
+        await s.execute(text("insert into people (name, kind) values ('Ana', 'patient')"))
+        await s.execute(text("insert into recall_reminders (person_id, due_on) "
+                             "select id, date '2027-03-01' from people"))
+    async with platform.db.engine.connect() as conn:
+        picture = await describe_schema(conn, tenant.schema_name)
+    job = await submit(platform, "tenant.archive", tenant.id, {})
+    job = await executor_of(platform).wait(platform, job.id)
+    assert job.state == "succeeded", job.error
+    archive_id = job.result["archive_id"]
+    assert job.result["tables"] == {"people": 2, "recall_reminders": 2}
+
+    async with platform.db.engine.connect() as conn:
+        assert not await schema_exists(conn, tenant.schema_name)
+        roles = (await conn.execute(text("select count(*) from pg_roles where rolname = :r"),
+                                    {"r": tenant.db_role})).scalar()
+        assert roles == 0
+        assert slug not in [t.slug for t in await all_tenants(conn)]
+        archived = [t for t in await all_tenants(conn, include_archived=True) if t.slug == slug]
+        assert archived[0].status == "archived"
+
+    # The slug is free again; restoring under it is refused while it is taken.
+    squatter = await create_tenant(platform, slug)
+    with pytest.raises(Conflict, match="taken"):
+        await restore_tenant(platform, archive_id)
+    restored = await restore_tenant(platform, archive_id, slug=unique_slug("back"))
+    assert restored.id == tenant.id and restored.schema_name != tenant.schema_name
+    async with platform.db.tenant(restored.scope) as s:
+        rows = (await s.execute(text(
+            "select p.name, r.due_on from recall_reminders r join people p on p.id = r.person_id"
+        ))).all()
+    assert [r.name for r in rows] == ["Front desk", "Ana"]
+    async with platform.db.engine.connect() as conn:
+        assert await describe_schema(conn, restored.schema_name) == picture
+        assert (await find_tenant(conn, squatter.slug)).id == squatter.id
