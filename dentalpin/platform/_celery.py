@@ -10,8 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from kombu import Queue
-
 from ._settings import get_settings
 
 QUEUES = ("events", "lifecycle", "periodic")
@@ -22,7 +20,7 @@ def make_celery() -> Celery:
     broker = settings.redis_url or "redis://127.0.0.1:6379/0"
     app = Celery("dentalpin", broker=broker, backend=None)
     app.conf.update(
-        task_queues=[Queue(name) for name in QUEUES],
+        # Queues are declared on first use (task_create_missing_queues); workers pick with -Q.
         task_default_queue="events",
         task_acks_late=True,
         task_reject_on_worker_lost=True,

@@ -226,7 +226,7 @@ def executor_of(platform: Platform) -> Executor:
     executor = platform.state.get("executor")
     if executor is None:
         executor = platform.state["executor"] = InProcessExecutor()
-    return executor  # type: ignore[no-any-return]
+    return executor
 
 
 async def get_job(platform: Platform, job_id: uuid.UUID) -> JobRecord:

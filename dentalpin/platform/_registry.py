@@ -61,8 +61,9 @@ class Registry:
     def __init__(self, specs: Iterable[ModuleSpec], quarantined: Iterable[Quarantine] = ()) -> None:
         self._specs = {spec.name: spec for spec in specs}
         self.quarantined: dict[str, Quarantine] = {q.name: q for q in quarantined}
+        # Sorted, not sets: the order must not depend on the process's hash seed.
         sorter = graphlib.TopologicalSorter(
-            {name: set(spec.manifest.depends) for name, spec in self._specs.items()}
+            {name: sorted(spec.manifest.depends) for name, spec in sorted(self._specs.items())}
         )
         self._order = list(sorter.static_order())
 
@@ -86,24 +87,25 @@ class Registry:
     def build(cls, candidates: Iterable[Candidate], core_version: str) -> Registry:
         accepted: dict[str, ModuleSpec] = {}
         quarantined: dict[str, Quarantine] = {}
+        by_name: dict[str, list[Candidate]] = {}
         for candidate in candidates:
-            spec, reason = _accept(candidate, core_version)
-            name = spec.name if spec else candidate.entry_name
-            if spec and name in accepted:
+            by_name.setdefault(candidate.entry_name, []).append(candidate)
+        for name, group in by_name.items():
+            if len(group) > 1:
+                # Ambiguous whichever of them loads: never pick one silently.
+                origins = " and ".join(str(c.distribution) for c in group)
                 reason = (
-                    f"two distributions provide module '{name}' "
-                    f"({accepted[name].distribution} and {candidate.distribution})"
+                    f"{'two' if len(group) == 2 else len(group)} distributions provide module "
+                    f"'{name}' ({origins}); uninstall all but one"
                 )
-                quarantined[name] = Quarantine(name, reason, candidate.distribution)
-                del accepted[name]
-            elif spec and name not in quarantined:
+                quarantined[name] = Quarantine(name, reason, group[-1].distribution)
+                continue
+            spec, reason = _accept(group[0], core_version)
+            if spec is not None:
                 accepted[name] = spec
-            elif reason:
-                quarantined[name] = Quarantine(name, reason, candidate.distribution)
+            else:
+                quarantined[name] = Quarantine(name, reason or "unusable", group[0].distribution)
         _quarantine_unsatisfied(accepted, quarantined)
-        for spec in list(accepted.values()):
-            if spec.name in quarantined:
-                accepted.pop(spec.name, None)
         for q in quarantined.values():
             log.warning("module %s quarantined: %s", q.name, q.reason)
         return cls(accepted.values(), quarantined.values())
@@ -179,6 +181,10 @@ def _load_entry_point(ep: importlib_metadata.EntryPoint) -> Candidate:
     dist = ep.dist.name if ep.dist else None
     try:
         loaded = ep.load()
+    except ValidationError as exc:
+        if exc.title == Manifest.__name__:  # `manifest = Manifest(...)` failed at import
+            return Candidate(ep.name, None, dist, f"invalid manifest: {_problems(exc)}")
+        return Candidate(ep.name, None, dist, f"import failed: {type(exc).__name__}: {exc}")
     except Exception as exc:  # a third party's import error must not stop the boot
         return Candidate(ep.name, None, dist, f"import failed: {type(exc).__name__}: {exc}")
     if not (isinstance(loaded, type) and issubclass(loaded, Module)):
@@ -196,11 +202,7 @@ def _accept(candidate: Candidate, core_version: str) -> tuple[ModuleSpec | None,
     try:
         manifest = raw if isinstance(raw, Manifest) else Manifest.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'manifest'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        return None, f"invalid manifest: {problems}"
+        return None, f"invalid manifest: {_problems(exc)}"
     cls.manifest = manifest
     if manifest.name != candidate.entry_name:
         return None, (
@@ -214,6 +216,13 @@ def _accept(candidate: Candidate, core_version: str) -> tuple[ModuleSpec | None,
     except Exception as exc:
         return None, f"could not be instantiated: {type(exc).__name__}: {exc}"
     return ModuleSpec(manifest.name, instance, candidate.distribution), None
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'manifest'}: {err['msg']}"
+        for err in exc.errors()
+    )
 
 
 def _quarantine_unsatisfied(
@@ -231,7 +240,7 @@ def _quarantine_unsatisfied(
         cycle = _find_cycle(accepted)
         if cycle:
             text = " -> ".join(cycle)
-            for name in set(cycle):
+            for name in dict.fromkeys(cycle):
                 quarantined[name] = Quarantine(
                     name, f"dependency cycle: {text}", accepted[name].distribution
                 )
@@ -256,9 +265,15 @@ def _dependency_problem(
 
 
 def _find_cycle(accepted: dict[str, ModuleSpec]) -> list[str] | None:
-    graph = {name: set(spec.manifest.depends) & set(accepted) for name, spec in accepted.items()}
+    graph = {
+        name: sorted(set(spec.manifest.depends) & set(accepted))
+        for name, spec in sorted(accepted.items())
+    }
     try:
         tuple(graphlib.TopologicalSorter(graph).static_order())
     except graphlib.CycleError as exc:
-        return list(exc.args[1])
+        members = list(exc.args[1])[:-1]  # graphlib repeats the first node at the end
+        start = members.index(min(members))  # same text whatever node the search began at
+        members = members[start:] + members[:start]
+        return [*members, members[0]]
     return None
