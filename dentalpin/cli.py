@@ -18,8 +18,10 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from dentalpin import __version__
 from dentalpin.platform import PlatformError
@@ -62,7 +64,8 @@ app.add_typer(modules_app, name="modules")
 app.add_typer(jobs_app, name="jobs")
 
 out = Console()
-err = Console(stderr=True)
+# Errors stay on one line when piped (no wrapping at 80 columns), so logs and greps keep them whole.
+err = Console(stderr=True, soft_wrap=True)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
@@ -79,13 +82,18 @@ def run(coro_fn: Callable[[Platform], Awaitable[T]]) -> T:
     try:
         return asyncio.run(main())
     except PlatformError as exc:
-        err.print(f"[red]error:[/red] {exc.detail}")
+        err.print(f"[red]error:[/red] {escape(exc.detail)}")
         raise typer.Exit(1) from None
     except RuntimeError as exc:
         if "DATABASE_URL" in str(exc):
-            err.print(f"[red]error:[/red] {exc}")
+            err.print(f"[red]error:[/red] {escape(str(exc))}")
             raise typer.Exit(1) from None
         raise
+
+
+def _row(table: Table, *cells: object) -> None:
+    """Add a row of data: cells are plain text, never Rich markup (names come from users)."""
+    table.add_row(*(Text("" if c is None else str(c)) for c in cells))
 
 
 def emit_json(data: Any) -> None:
@@ -218,7 +226,7 @@ def demo(slug: str = typer.Option("demo", help="Slug of the demo clinic.")) -> N
         async with platform.db.engine.connect() as conn:
             existing = [t.slug for t in await all_tenants(conn)]
         if slug in existing:
-            out.print(f"demo clinic '{slug}' already exists")
+            out.print(f"demo clinic '{escape(slug)}' already exists")
             return
         tenant = await create_tenant(platform, slug, "Clínica Dental Demo")
         out.print(f"created demo clinic '{tenant.slug}' (schema {tenant.schema_name})")
@@ -251,7 +259,7 @@ def migrate(
             def advance(slug: str, error: str | None) -> None:
                 bar.advance(task)
                 if error and not as_json:
-                    bar.console.print(f"[red]✗ {slug}[/red]: {error}")
+                    bar.console.print(f"[red]✗ {escape(slug)}[/red]: {escape(error)}")
 
             report = await upgrade_fleet(platform, concurrency, advance)
         if as_json:
@@ -318,7 +326,7 @@ def tenants_list(
             return
         table = Table("slug", "name", "status", "schema", "created")
         for t in rows:
-            table.add_row(t.slug, t.name, t.status, t.schema_name, f"{t.created_at:%Y-%m-%d %H:%M}")
+            _row(table, t.slug, t.name, t.status, t.schema_name, f"{t.created_at:%Y-%m-%d %H:%M}")
         out.print(table)
 
     run(go)
@@ -342,17 +350,41 @@ def tenants_show(slug: str, as_json: JsonOpt = False) -> None:
             emit_json(data)
             return
         out.print(
-            f"[bold]{tenant.name}[/bold] ({tenant.slug}) — {tenant.status}, "
+            f"[bold]{escape(tenant.name)}[/bold] ({tenant.slug}) — {tenant.status}, "
             f"schema {tenant.schema_name}, placement {tenant.placement}"
         )
         table = Table("module", "state", "version", "revision", "error")
         for name, s in states.items():
-            table.add_row(
-                name, s["state"], s["version"] or "", s["revision"] or "", s["error"] or ""
-            )
+            _row(table, name, s["state"], s["version"], s["revision"], s["error"])
         out.print(table)
 
     run(go)
+
+
+@tenants_app.command("verify")
+def tenants_verify(
+    fix: bool = typer.Option(False, "--fix", help="Record what the schemas actually hold."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare each tenant's recorded module revisions with its schema's version tables."""
+    from dentalpin.tenants import find_drift
+
+    async def go(platform: Platform) -> int:
+        drifts = await find_drift(platform, fix=fix)
+        if as_json:
+            emit_json([d.as_dict() for d in drifts])
+        elif not drifts:
+            out.print("no drift: every tenant's schema matches the catalogue")
+        else:
+            table = Table("tenant", "module", "recorded", "actual", "problem")
+            for d in drifts:
+                table.add_row(d.tenant, d.module or "", d.recorded or "", d.actual or "", d.problem)
+            out.print(table)
+            if fix:
+                out.print("reconciled what could be; missing schemas or tables need a restore")
+        return 1 if drifts and not fix else 0
+
+    raise typer.Exit(run(go))
 
 
 @tenants_app.command("archive")
@@ -448,7 +480,8 @@ def modules_list(
             "reason",
         )
         for r in rows:
-            table.add_row(
+            _row(
+                table,
                 r["name"],
                 r["version"] or "",
                 r["category"] or "",
@@ -500,7 +533,7 @@ def modules_uninstall(
                 listed = ", ".join(f"{t} ({n} rows)" for t, n in tables.items()) or "no tables"
                 out.print(f"  {name}: archive and drop {listed}")
             for name, reason in result.vetoes.items():
-                out.print(f"  [red]{name} refuses:[/red] {reason}")
+                out.print(f"  [red]{name} refuses:[/red] {escape(reason)}")
 
         run(plan)
         return
@@ -529,7 +562,7 @@ def modules_lint() -> None:
     for q in registry.quarantined.values():
         problems.append(f"{q.name}: quarantined: {q.reason}")
     for problem in problems:
-        err.print(f"[red]✗[/red] {problem}")
+        err.print(f"[red]✗[/red] {escape(problem)}")
     if problems:
         raise typer.Exit(1)
     out.print(f"{len(registry)} module(s) clean")
@@ -555,7 +588,9 @@ async def _run_job(
         task = bar.add_task(kind, total=1.0)
         while not waiting.done():
             current = await get_job(platform, job.id)
-            bar.update(task, completed=current.progress, description=current.message or kind)
+            bar.update(
+                task, completed=current.progress, description=escape(current.message or kind)
+            )
             await asyncio.sleep(0.2)
         final = await waiting
         bar.update(task, completed=final.progress)
@@ -568,7 +603,7 @@ def _report(job: JobRecord) -> int:
         if job.result:
             out.print_json(json.dumps(job.result, default=str))
         return 0
-    err.print(f"[red]✗ {job.kind} {job.state}:[/red] {job.error}")
+    err.print(f"[red]✗ {job.kind} {job.state}:[/red] {escape(job.error or '')}")
     return 1
 
 
@@ -594,7 +629,8 @@ def jobs_list(
             return
         table = Table("id", "kind", "state", "progress", "created", "error")
         for j in rows:
-            table.add_row(
+            _row(
+                table,
                 str(j.id),
                 j.kind,
                 j.state,
@@ -619,9 +655,9 @@ def jobs_show(job_id: uuid.UUID, as_json: JsonOpt = False) -> None:
             return
         out.print(f"[bold]{job.kind}[/bold] {job.id}: {job.state} ({job.progress:.0%})")
         if job.error:
-            out.print(f"[red]error:[/red] {job.error}")
+            out.print(f"[red]error:[/red] {escape(job.error)}")
         for line in lines:
-            out.print(f"  {line['at'][11:19]} {line['level']:5} {line['message']}")
+            out.print(f"  {line['at'][11:19]} {line['level']:5} {escape(line['message'])}")
 
     run(go)
 

@@ -107,20 +107,20 @@ def services(settings: Settings) -> Iterator[ServiceURLs]:
     token = secrets.token_hex(8)
     pid = os.getpid()
 
-    with _locked(data_dir):
-        urls, started = _enter(data_dir, wanted, token)
-    try:
-        with _signals_exit():
+    with _signals_exit():
+        with _locked(data_dir):
+            urls, started = _enter(data_dir, wanted, token)
+        try:
             yield ServiceURLs(
                 settings.database_url or urls[POSTGRESQL],
                 settings.redis_url or urls[VALKEY],
                 tuple(started),
             )
-    finally:
-        # A forked child (e.g. a prefork worker) unwinding this frame is not a client.
-        if os.getpid() == pid:
-            with _shielded(), _locked(data_dir):
-                _leave(data_dir, token, started)
+        finally:
+            # A forked child (e.g. a prefork worker) unwinding this frame is not a client.
+            if os.getpid() == pid:
+                with _shielded(), _locked(data_dir):
+                    _leave(data_dir, token, started)
 
 
 def _enter(

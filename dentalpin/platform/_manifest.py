@@ -111,11 +111,22 @@ class Manifest(BaseModel):
     def _version(cls, value: str) -> str:
         if not SEMVER.match(value):
             raise ValueError(f"version '{value}' is not semantic (MAJOR.MINOR.PATCH)")
+        try:
+            Version(value)  # dependents' specifiers are checked against it
+        except InvalidVersion:
+            raise ValueError(
+                f"version '{value}' cannot be compared with version specifiers; use a "
+                "pre-release such as '1.0.0-alpha', '1.0.0-beta.2' or '1.0.0-rc.1'"
+            ) from None
         return value
 
     @field_validator("core")
     @classmethod
     def _core(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError(
+                "core must name the DentalPin core versions the module supports, like '>=0.1,<1'"
+            )
         _specifier(value, "core")
         return value
 

@@ -1,6 +1,7 @@
 """Tenants: the catalogue, provisioning, schema routing, per-tenant module lifecycle, fleet."""
 
 from ._catalogue import TenantRecord, all_tenants, find_tenant, module_states, validate_slug
+from ._drift import Drift, find_drift
 from ._fleet import (
     FleetReport,
     migrate_platform,
@@ -22,6 +23,8 @@ from ._operations import (
 )
 
 __all__ = [
+    "Drift",
+    "find_drift",
     "FleetReport",
     "Lineage",
     "Operation",

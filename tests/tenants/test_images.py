@@ -1,0 +1,463 @@
+"""DDL images: a tenant provisioned by replaying images is the tenant the migrations make."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from dentalpin.platform import Manifest, Module
+from dentalpin.platform._db import Database
+from dentalpin.platform._registry import Registry
+from dentalpin.platform._runtime import Platform
+from dentalpin.tenants import TenantRecord, create_tenant, module_states, run_locked
+from dentalpin.tenants._images import DdlImage, image_for
+from dentalpin.tenants._introspect import describe_schema
+from dentalpin.tenants._lifecycle import Operation, install, restore, uninstall, upgrade
+from dentalpin.tenants._lineage import Lineage, MigrationError, lineages
+from tests.conftest import unique_slug
+
+MODULES = ["fx_visits", "recall"]
+
+
+def _without_images(platform: Platform) -> Platform:
+    settings = platform.settings.model_copy(update={"provision_with_ddl_images": False})
+    return Platform(settings, Database.from_settings(settings), platform.registry)
+
+
+@pytest.fixture
+async def plain(platform: Platform) -> AsyncIterator[Platform]:
+    """The same database, provisioning through Alembic only."""
+    other = _without_images(platform)
+    yield other
+    await other.close()
+
+
+async def _picture(platform: Platform, tenant: TenantRecord) -> dict[str, Any]:
+    """The tenant's schema and module states, with its own names taken out."""
+    async with platform.db.engine.connect() as conn:
+        described = await describe_schema(conn, tenant.schema_name)
+        states = await module_states(conn, tenant.id)
+        versions = {}
+        for name, state in states.items():
+            if state["revision"] is not None:
+                versions[name] = (
+                    await conn.execute(
+                        text(
+                            f'select array_agg(version_num) from "{tenant.schema_name}".'
+                            f"alembic_version_{name}"
+                        )
+                    )
+                ).scalar_one()
+
+    def neutral(value: str) -> str:
+        return value.replace(tenant.schema_name, "<schema>").replace(tenant.db_role, "<role>")
+
+    return {
+        "schema": {k: sorted(neutral(v) for v in rows) for k, rows in described.items()},
+        "modules": {
+            name: {k: s[k] for k in ("state", "version", "revision", "owned_objects", "settings")}
+            for name, s in states.items()
+        },
+        "version_tables": versions,
+    }
+
+
+def _images(platform: Platform) -> dict[str, DdlImage]:
+    cache = platform.state.get("ddl_images", {})
+    return {key[0]: image for key, image in cache.items() if isinstance(image, DdlImage)}
+
+
+async def test_image_and_migrations_provision_identical_tenants(
+    platform: Platform, plain: Platform
+) -> None:
+    imaged = await create_tenant(platform, unique_slug("img"), modules=MODULES)
+    migrated = await create_tenant(plain, unique_slug("alembic"), modules=MODULES)
+
+    wanted = {*platform.registry.auto_install(), *MODULES}
+    assert wanted <= set(_images(platform)), "the image path was not taken"
+    assert not _images(plain)
+    a, b = await _picture(platform, imaged), await _picture(plain, migrated)
+    assert set(a["modules"]) == wanted
+    assert a["schema"] == b["schema"]
+    assert a["modules"] == b["modules"]
+    assert a["version_tables"] == b["version_tables"]
+    assert all(obj for s in a["modules"].values() for obj in s["owned_objects"])
+
+
+async def test_once_captured_no_alembic_runs_for_a_sign_up(
+    platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await create_tenant(platform, unique_slug("warm"), modules=MODULES)  # captures if needed
+
+    def refuse(*_args: Any, **_kwargs: Any) -> None:
+        raise AssertionError("Alembic ran although an image applies")
+
+    monkeypatch.setattr(Lineage, "upgrade", refuse)
+    tenant = await create_tenant(platform, unique_slug("replay"), modules=MODULES)
+    async with platform.db.engine.connect() as conn:
+        states = await module_states(conn, tenant.id)
+    heads = {n: lineages(platform.registry, platform.state)[n].head for n in states}
+    assert {n: s["revision"] for n, s in states.items()} == heads
+
+
+async def test_captured_images_never_name_the_scratch_schema(platform: Platform) -> None:
+    async with platform.db.engine.connect() as conn, conn.begin():
+        for name in [*platform.registry.auto_install(), *MODULES]:
+            image = await image_for(platform, conn, name)
+            assert image is not None
+            assert image.statements
+            for statement in image.statements:
+                assert "dp_scratch_" not in statement.sql.lower()
+                assert "alembic_version" not in statement.sql or name in statement.sql
+            assert image.script is not None
+            assert image.revision == lineages(platform.registry, platform.state)[name].head
+        # The capture ran in a savepoint that was rolled back: no scratch schema is left.
+        left = await conn.execute(
+            text("select nspname from pg_namespace where nspname like 'dp\\_scratch\\_%'")
+        )
+        assert left.first() is None
+        path = (await conn.execute(text("show search_path"))).scalar_one()
+        assert "dp_scratch" not in path
+
+
+# A module of the test's own, with a lineage in a temporary directory -------------------
+
+REV_1 = '''
+    """notes
+
+    Revision ID: nt_0001
+    Revises:
+    """
+    import sqlalchemy as sa
+    from alembic import op
+
+    revision = "nt_0001"
+    down_revision = None
+    branch_labels = None
+    depends_on = None
+    dentalpin_requires = {"fx_people": "fxp_0002"}
+
+
+    def upgrade() -> None:
+        op.create_table(
+            "nt_notes",
+            sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("person_id", sa.Integer, sa.ForeignKey("people.id"), nullable=False),
+            sa.Column("body", sa.Text, nullable=False),
+        )
+        op.bulk_insert(
+            sa.table("nt_notes", sa.column("person_id"), sa.column("body")),
+            [],
+        )
+
+
+    def downgrade() -> None:
+        op.drop_table("nt_notes")
+'''
+
+REV_2 = '''
+    """notes.pinned, an index and a tags table
+
+    Revision ID: nt_0002
+    Revises: nt_0001
+    """
+    import sqlalchemy as sa
+    from alembic import op
+
+    revision = "nt_0002"
+    down_revision = "nt_0001"
+    branch_labels = None
+    depends_on = None
+
+
+    def upgrade() -> None:
+        op.add_column("nt_notes", sa.Column("pinned", sa.Boolean, server_default=sa.false()))
+        op.create_index("ix_nt_notes_pinned", "nt_notes", ["pinned"])
+        op.create_table("nt_tags", sa.Column("tag", sa.Text, primary_key=True))
+
+
+    def downgrade() -> None:
+        op.drop_table("nt_tags")
+        op.drop_index("ix_nt_notes_pinned", table_name="nt_notes")
+        op.drop_column("nt_notes", "pinned")
+'''
+
+
+def _module(name: str, migrations: Path, **manifest: Any) -> type[Module]:
+    (migrations / "versions").mkdir(parents=True, exist_ok=True)
+
+    def migrations_path(cls: type[Module]) -> Path:
+        return migrations
+
+    return type(
+        f"Module_{name}",
+        (Module,),
+        {
+            "manifest": Manifest(
+                name=name,
+                version="1.0.0",
+                summary=f"{name}, a test module",
+                author="DentalPin",
+                license="BUSL-1.1",
+                category="other",
+                core=">=0.1,<1",
+                **manifest,
+            ),
+            "migrations_path": classmethod(migrations_path),
+        },
+    )
+
+
+def _write(migrations: Path, name: str, source: str) -> None:
+    (migrations / "versions" / name).write_text(textwrap.dedent(source), encoding="utf-8")
+
+
+def _platform_with(platform: Platform, *classes: type[Module]) -> Platform:
+    """The same database, with the discovered modules plus `classes`, lineages reloaded."""
+    discovered = [spec.module for spec in platform.registry]
+    registry = Registry.from_classes([*(type(m) for m in discovered), *classes])
+    return Platform(platform.settings, Database.from_settings(platform.settings), registry)
+
+
+async def _run(platform: Platform, tenant: TenantRecord, work: Any) -> Any:
+    return await run_locked(platform, tenant.id, work)
+
+
+async def test_image_installed_module_upgrades_uninstalls_and_restores(
+    fresh_platform: Platform, tmp_path: Path
+) -> None:
+    migrations = tmp_path / "nt_migrations"
+    notes = _module("nt_notes", migrations, depends={"fx_people": ">=1.0"})
+    _write(migrations, "nt_0001_notes.py", REV_1)
+    first = _platform_with(fresh_platform, notes)
+    second = None
+    try:
+        tenant = await create_tenant(first, unique_slug("notes"))
+
+        async def add(op: Operation) -> list[str]:
+            return await install(op, ["nt_notes"])
+
+        assert await _run(first, tenant, add) == ["nt_notes"]
+        assert "nt_notes" in _images(first)
+        async with first.db.engine.begin() as conn:
+            await conn.execute(
+                text(
+                    f'insert into "{tenant.schema_name}".nt_notes (person_id, body) '
+                    f'select id, \'hello\' from "{tenant.schema_name}".people'
+                )
+            )
+
+        # A new release: one more revision; a new process loads the lineage again.
+        _write(migrations, "nt_0002_pinned.py", REV_2)
+        second = _platform_with(fresh_platform, notes)
+
+        async def up(op: Operation) -> list[dict[str, Any]]:
+            return await upgrade(op, ["nt_notes"])
+
+        done = await _run(second, tenant, up)
+        assert [(d["from"], d["to"]) for d in done] == [("nt_0001", "nt_0002")]
+        async with second.db.engine.connect() as conn:
+            state = (await module_states(conn, tenant.id))["nt_notes"]
+        assert state["revision"] == "nt_0002"
+        assert {"table:nt_notes", "table:nt_tags", "table:alembic_version_nt_notes"} <= set(
+            state["owned_objects"]
+        )
+
+        # A tenant provisioned afresh at the new head, through the image, matches the
+        # upgraded one object for object.
+        fresh = await create_tenant(second, unique_slug("notes2"), modules=["nt_notes"])
+        upgraded_picture = await _picture(second, tenant)
+        fresh_picture = await _picture(second, fresh)
+        assert upgraded_picture["schema"] == fresh_picture["schema"]
+        assert (
+            upgraded_picture["modules"]["nt_notes"]["revision"]
+            == fresh_picture["modules"]["nt_notes"]["revision"]
+        )
+
+        async def drop(op: Operation) -> dict[str, Any]:
+            return await uninstall(op, "nt_notes", cascade=False)
+
+        before_restore = await _picture(second, tenant)
+        result = await _run(second, tenant, drop)
+        assert result["tables"]["nt_notes"] == {"nt_notes": 1, "nt_tags": 0}
+        async with second.db.engine.connect() as conn:
+            left = await describe_schema(conn, tenant.schema_name)
+        assert not any("nt_" in row for rows in left.values() for row in rows)
+
+        async def back(op: Operation) -> dict[str, Any]:
+            return await restore(op, "nt_notes")
+
+        restored = await _run(second, tenant, back)
+        assert restored["rows"] == {"nt_notes": 1, "nt_tags": 0}
+        after_restore = await _picture(second, tenant)
+        assert after_restore["schema"] == before_restore["schema"]
+        assert after_restore["modules"]["nt_notes"]["revision"] == "nt_0002"
+        assert sorted(after_restore["modules"]["nt_notes"]["owned_objects"]) == sorted(
+            before_restore["modules"]["nt_notes"]["owned_objects"]
+        )
+    finally:
+        await first.close()
+        if second is not None:
+            await second.close()
+
+
+LEAKY = '''
+    """a revision that writes the schema it runs in into its SQL
+
+    Revision ID: lk_0001
+    Revises:
+    """
+    import sqlalchemy as sa
+    from alembic import op
+
+    revision = "lk_0001"
+    down_revision = None
+    branch_labels = None
+    depends_on = None
+
+
+    def upgrade() -> None:
+        schema = op.get_bind().execute(sa.text("select current_schema()")).scalar()
+        op.create_table("lk_items", sa.Column("id", sa.Integer, primary_key=True))
+        op.execute(f"comment on table lk_items is 'made in {schema}'")
+
+
+    def downgrade() -> None:
+        op.drop_table("lk_items")
+'''
+
+EXTENSION = '''
+    """a revision that creates an extension
+
+    Revision ID: ex_0001
+    Revises:
+    """
+    from alembic import op
+
+    revision = "ex_0001"
+    down_revision = None
+    branch_labels = None
+    depends_on = None
+
+
+    def upgrade() -> None:
+        op.execute("create extension if not exists pg_trgm")
+
+
+    def downgrade() -> None:
+        pass
+'''
+
+
+async def test_a_leaking_revision_falls_back_to_alembic(
+    fresh_platform: Platform, tmp_path: Path
+) -> None:
+    migrations = tmp_path / "lk_migrations"
+    leaky = _module("lk_leaky", migrations)
+    _write(migrations, "lk_0001.py", LEAKY)
+    platform = _platform_with(fresh_platform, leaky)
+    try:
+        tenant = await create_tenant(platform, unique_slug("leak"), modules=["lk_leaky"])
+        reasons = [
+            getattr(v, "reason", "")
+            for k, v in platform.state["ddl_images"].items()
+            if k[0] == "lk_leaky"
+        ]
+        assert reasons and "scratch schema" in reasons[0]
+        async with platform.db.engine.connect() as conn:
+            comment = (
+                await conn.execute(
+                    text(
+                        f"select obj_description('\"{tenant.schema_name}\".lk_items'::regclass)"
+                    )
+                )
+            ).scalar_one()
+            states = await module_states(conn, tenant.id)
+        # Alembic ran in the tenant itself, so the comment names the tenant's schema.
+        assert comment == f"made in {tenant.schema_name}"
+        assert states["lk_leaky"]["revision"] == "lk_0001"
+    finally:
+        await platform.close()
+
+
+async def test_create_extension_is_refused_on_the_image_path(
+    fresh_platform: Platform, tmp_path: Path
+) -> None:
+    migrations = tmp_path / "ex_migrations"
+    ext = _module("ex_ext", migrations)
+    _write(migrations, "ex_0001.py", EXTENSION)
+    platform = _platform_with(fresh_platform, ext)
+    try:
+        with pytest.raises(MigrationError, match="CREATE EXTENSION"):
+            await create_tenant(platform, unique_slug("ext"), modules=["ex_ext"])
+        assert not _images(platform).get("ex_ext")
+    finally:
+        await platform.close()
+
+
+SEEDED = '''
+    """reference rows inserted with bound parameters
+
+    Revision ID: sd_0001
+    Revises:
+    """
+    import sqlalchemy as sa
+    from alembic import op
+
+    revision = "sd_0001"
+    down_revision = None
+    branch_labels = None
+    depends_on = None
+
+
+    def upgrade() -> None:
+        kinds = op.create_table(
+            "sd_kinds",
+            sa.Column("code", sa.Text, primary_key=True),
+            sa.Column("rank", sa.Integer, nullable=False),
+        )
+        op.bulk_insert(kinds, [{"code": "a", "rank": 1}, {"code": "b", "rank": 2}])
+        op.execute(
+            sa.text("insert into sd_kinds (code, rank) values (:code, :rank)").bindparams(
+                code="c';--", rank=3
+            )
+        )
+
+
+    def downgrade() -> None:
+        op.drop_table("sd_kinds")
+'''
+
+
+async def test_statements_with_bound_parameters_replay(
+    fresh_platform: Platform, tmp_path: Path
+) -> None:
+    migrations = tmp_path / "sd_migrations"
+    seeded = _module("sd_seeded", migrations)
+    _write(migrations, "sd_0001.py", SEEDED)
+    platform = _platform_with(fresh_platform, seeded)
+    plain = _without_images(platform)
+    try:
+        imaged = await create_tenant(platform, unique_slug("seed"), modules=["sd_seeded"])
+        migrated = await create_tenant(plain, unique_slug("seed"), modules=["sd_seeded"])
+        image = _images(platform)["sd_seeded"]
+        assert image.script is None  # bound parameters: not one script
+        assert any(s.bound for s in image.statements)
+        a, b = await _picture(platform, imaged), await _picture(plain, migrated)
+        assert a == b
+        rows = []
+        async with platform.db.engine.connect() as conn:
+            for tenant in (imaged, migrated):
+                result = await conn.execute(
+                    text(f'select code, rank from "{tenant.schema_name}".sd_kinds order by code')
+                )
+                rows.append([tuple(r) for r in result])
+        assert rows[0] == rows[1] == [("a", 1), ("b", 2), ("c';--", 3)]
+    finally:
+        await platform.close()
+        await plain.close()
