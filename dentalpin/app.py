@@ -176,6 +176,24 @@ def _health_router() -> APIRouter:
         """The process is alive (no dependency is checked)."""
         return {"status": "ok", "version": __version__}
 
+    @router.get(f"{API_PREFIX}/")
+    async def index(request: Request) -> dict[str, Any]:
+        """Which clinic this host serves and which of its modules answer here."""
+        platform: Platform = request.app.state.platform
+        resolved = await resolve_tenant(request)
+        body: dict[str, Any] = {"platform": "DentalPin", "version": __version__}
+        if resolved is None:
+            return body
+        installed = sorted(n for n, (state, _) in resolved.modules.items() if state == "installed")
+        return body | {
+            "clinic": {"slug": resolved.ref.slug, "name": resolved.ref.name},
+            "modules": [
+                {"name": n, "api": f"{API_PREFIX}/{n}/"}
+                for n in installed
+                if n in platform.registry
+            ],
+        }
+
     @router.get("/readyz")
     async def readyz(request: Request) -> JSONResponse:
         """The database answers and its platform schema is at the code's revision."""

@@ -22,6 +22,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
+from sqlalchemy import select
 
 from dentalpin import __version__
 from dentalpin.platform import PlatformError
@@ -34,6 +35,7 @@ from dentalpin.platform._jobs import (
 )
 from dentalpin.platform._runtime import Platform
 from dentalpin.platform._settings import get_settings
+from dentalpin.platform._tables import tenants as tenants_table
 from dentalpin.tenants import (
     TenantRecord,
     all_tenants,
@@ -321,12 +323,31 @@ def tenants_list(
     async def go(platform: Platform) -> None:
         async with platform.db.engine.connect() as conn:
             rows = await all_tenants(conn, include_archived=archived)
+            # The id `tenants restore` needs, for the archived ones.
+            archive_of = {
+                r.id: str(r.archive_id)
+                for r in await conn.execute(
+                    select(tenants_table.c.id, tenants_table.c.archive_id).where(
+                        tenants_table.c.status == "archived"
+                    )
+                )
+            }
         if as_json:
-            emit_json([t.as_dict() for t in rows])
+            emit_json([{**t.as_dict(), "archive_id": archive_of.get(t.id)} for t in rows])
             return
-        table = Table("slug", "name", "status", "schema", "created")
+        table = Table(
+            "slug", "name", "status", "schema", "created", *(["archive"] if archived else [])
+        )
         for t in rows:
-            _row(table, t.slug, t.name, t.status, t.schema_name, f"{t.created_at:%Y-%m-%d %H:%M}")
+            _row(
+                table,
+                t.slug,
+                t.name,
+                t.status,
+                t.schema_name,
+                f"{t.created_at:%Y-%m-%d %H:%M}",
+                *([archive_of.get(t.id)] if archived else []),
+            )
         out.print(table)
 
     run(go)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+
 from ._settings import get_settings
 
 QUEUES = ("events", "lifecycle", "periodic")

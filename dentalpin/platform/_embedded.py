@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -364,14 +365,12 @@ def _start_valkey(data_dir: Path) -> _Service:
 def _valkey_orphan(data_dir: Path) -> tuple[int, int] | None:
     try:
         pid = int((data_dir / "valkey.pid").read_text().strip())
-        config = (data_dir / "valkey.conf").read_text().splitlines()
     except (OSError, ValueError):
         return None
-    ports = [line.split()[-1] for line in config if line.startswith("port ")]
-    if not ports or not ports[-1].isdigit() or not _pid_alive(pid):
+    port = _valkey_setting(data_dir, "port")
+    if port is None or not port.isdigit() or not _pid_alive(pid):
         return None
-    port = int(ports[-1])
-    return (pid, port) if _valkey_command(port, "PING") == b"+PONG\r\n" else None
+    return (pid, int(port)) if _valkey_command(int(port), "PING") == b"+PONG\r\n" else None
 
 
 def _stop_valkey(service: _Service) -> None:
@@ -387,7 +386,21 @@ def _stop_valkey(service: _Service) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(service.pid, signal.SIGKILL)
             return
+    # Under a deep data dir ValkeyServer puts the socket in a temp dir that only
+    # its own stop() removes, and we stop servers other processes started too.
+    socket_dir = _valkey_setting(Path(service.data_dir), "unixsocket")
+    if socket_dir is not None and Path(socket_dir).parent.name.startswith("vkey-sock-"):
+        shutil.rmtree(Path(socket_dir).parent, ignore_errors=True)
     log.info("Stopped embedded Valkey (pid %d)", service.pid)
+
+
+def _valkey_setting(data_dir: Path, name: str) -> str | None:
+    try:
+        lines = (data_dir / "valkey.conf").read_text().splitlines()
+    except OSError:
+        return None
+    values = [line.split(maxsplit=1)[1] for line in lines if line.startswith(f"{name} ")]
+    return values[-1].strip().strip('"') if values else None
 
 
 def _valkey_command(port: int, *args: str) -> bytes | None:

@@ -103,7 +103,7 @@ def require_permission(permission: str) -> Any:
 
 
 def public() -> Any:
-    """Dependency for a route that is public on purpose (the contract test asks for one or the other)."""
+    """Dependency for a route that is public on purpose (every route needs this or a permission)."""
     return Depends(PublicRoute())
 
 

@@ -155,17 +155,19 @@ class Registry:
 
     def dependents(self, name: str, among: Iterable[str]) -> list[str]:
         """Modules of `among` that depend on `name`, directly or not, dependents first."""
-        among_set = set(among)
+        # Walk the whole graph, then filter: `c -> b -> a` makes `c` a dependent of `a`
+        # even when `b` is not among the candidates.
         found: set[str] = set()
         changed = True
         while changed:
             changed = False
-            for other in among_set - found - {name}:
-                spec = self._specs.get(other)
-                if spec and set(spec.manifest.depends) & (found | {name}):
+            for other, spec in self._specs.items():
+                if other in found or other == name:
+                    continue
+                if set(spec.manifest.depends) & (found | {name}):
                     found.add(other)
                     changed = True
-        return list(reversed(self.ordered(found)))
+        return list(reversed(self.ordered(found & set(among))))
 
     def auto_install(self) -> list[str]:
         return [s.name for s in self if s.manifest.auto_install and s.manifest.installable]

@@ -69,7 +69,7 @@ class Settings(BaseSettings):
         """The database URL with the asyncpg driver, whatever scheme was configured."""
         if not self.database_url:
             raise RuntimeError(
-                "DATABASE_URL is not set. Run through `dentalpin up` or `dentalpin dev run -- CMD`, "
+                "DATABASE_URL is not set. Run through `python3 dev.py up` or `dentalpin up`, "
                 "which start an embedded PostgreSQL, or point DATABASE_URL at a server."
             )
         return async_url(self.database_url)

@@ -24,7 +24,6 @@ from ._operations import (
 
 __all__ = [
     "Drift",
-    "find_drift",
     "FleetReport",
     "Lineage",
     "Operation",
@@ -34,6 +33,7 @@ __all__ = [
     "all_tenants",
     "create_tenant",
     "dry_run_uninstall",
+    "find_drift",
     "find_tenant",
     "lineages",
     "lint_lineage",

@@ -49,28 +49,49 @@ async def find_drift(platform: Platform, *, fix: bool = False) -> list[Drift]:
 
 async def _tenant_drift(conn: AsyncConnection, tenant: TenantRecord) -> list[Drift]:
     if not await schema_exists(conn, tenant.schema_name):
-        return [Drift(tenant.slug, None, None, None,
-                      f"schema {tenant.schema_name} does not exist")]
-    tables = set((await conn.execute(
-        text("select relname from pg_class where relnamespace = cast(:s as regnamespace) "
-             "and relname like 'alembic\\_version\\_%'"),
-        {"s": tenant.schema_name},
-    )).scalars())
+        return [Drift(tenant.slug, None, None, None, f"schema {tenant.schema_name} does not exist")]
+    tables = set(
+        (
+            await conn.execute(
+                text(
+                    "select relname from pg_class where relnamespace = cast(:s as regnamespace) "
+                    "and relname like 'alembic\\_version\\_%'"
+                ),
+                {"s": tenant.schema_name},
+            )
+        ).scalars()
+    )
     drifts = []
     for name, state in (await module_states(conn, tenant.id)).items():
         table = f"alembic_version_{name}"
         actual = None
         if table in tables:
-            actual = (await conn.execute(
-                text(f'select version_num from "{tenant.schema_name}"."{table}"')
-            )).scalar()
+            actual = (
+                await conn.execute(
+                    text(f'select version_num from "{tenant.schema_name}"."{table}"')
+                )
+            ).scalar()
         recorded = state["revision"] if state["state"] == "installed" else None
         if state["state"] == "installed" and state["revision"] is not None and actual is None:
-            drifts.append(Drift(tenant.slug, name, recorded, None,
-                                "recorded as installed but its version table is missing"))
+            drifts.append(
+                Drift(
+                    tenant.slug,
+                    name,
+                    recorded,
+                    None,
+                    "recorded as installed but its version table is missing",
+                )
+            )
         elif actual != recorded:
-            drifts.append(Drift(tenant.slug, name, recorded, actual,
-                                "recorded revision differs from the schema's version table"))
+            drifts.append(
+                Drift(
+                    tenant.slug,
+                    name,
+                    recorded,
+                    actual,
+                    "recorded revision differs from the schema's version table",
+                )
+            )
     return drifts
 
 
@@ -81,6 +102,10 @@ async def _reconcile(conn: AsyncConnection, tenant: TenantRecord, drifts: list[D
         await conn.execute(
             update(tenant_modules)
             .where(tenant_modules.c.tenant_id == tenant.id, tenant_modules.c.module == drift.module)
-            .values(revision=drift.actual, state="installed", updated_at=datetime.now(UTC),
-                    error=f"reconciled from {drift.recorded} by the drift check")
+            .values(
+                revision=drift.actual,
+                state="installed",
+                updated_at=datetime.now(UTC),
+                error=f"reconciled from {drift.recorded} by the drift check",
+            )
         )

@@ -111,7 +111,8 @@ async def _check_extensions(op: Operation, plan: list[str]) -> None:
         (
             await op.conn.execute(
                 text(
-                    "select extname from pg_extension where extnamespace = 'extensions'::regnamespace"
+                    "select extname from pg_extension "
+                    "where extnamespace = 'extensions'::regnamespace"
                 )
             )
         ).scalars()
@@ -120,8 +121,9 @@ async def _check_extensions(op: Operation, plan: list[str]) -> None:
         missing = set(op.platform.registry.get(name).manifest.requires_extensions) - present
         if missing:
             raise InvalidInput(
-                f"module '{name}' needs PostgreSQL extensions {sorted(missing)} in the 'extensions' "
-                "schema; an operator must create them (create extension ... with schema extensions)"
+                f"module '{name}' needs PostgreSQL extensions {sorted(missing)} in the "
+                "'extensions' schema; an operator must create them "
+                "(create extension ... with schema extensions)"
             )
 
 

@@ -44,7 +44,7 @@ async def test_naming_another_tenants_schema_is_refused_by_postgres(platform, tw
     # Writes too, not only reads.
     with pytest.raises(ProgrammingError, match="permission denied for schema"):
         async with platform.db.tenant(a.scope) as s:
-            await s.execute(text(f"delete from \"{b.schema_name}\".people"))
+            await s.execute(text(f'delete from "{b.schema_name}".people'))
     async with platform.db.tenant(b.scope) as s:
         assert (await s.execute(text("select count(*) from people"))).scalar() >= 2
 

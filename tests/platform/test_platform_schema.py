@@ -15,12 +15,14 @@ def _diff(conn):
         conn,
         opts={
             "include_schemas": True,
-            "include_name": lambda name, type_, _parent: type_ != "schema"
-            or name == PLATFORM_SCHEMA,
+            "include_name": lambda name, type_, _parent: (
+                type_ != "schema" or name == PLATFORM_SCHEMA
+            ),
         },
     )
     return [
-        d for d in compare_metadata(context, metadata)
+        d
+        for d in compare_metadata(context, metadata)
         if not (d[0] == "remove_table" and d[1].name == "alembic_version")
     ]
 
@@ -33,15 +35,27 @@ async def test_migrations_match_the_table_definitions(fresh_platform):
 async def test_migrate_is_idempotent_and_creates_the_shared_extensions(fresh_platform):
     assert await migrate_platform(fresh_platform) == "0001_platform"
     async with fresh_platform.db.engine.connect() as conn:
-        extensions = set((await conn.execute(text(
-            "select extname from pg_extension where extnamespace = 'extensions'::regnamespace"
-        ))).scalars())
+        extensions = set(
+            (
+                await conn.execute(
+                    text(
+                        "select extname from pg_extension where extnamespace = 'extensions'::regnamespace"
+                    )
+                )
+            ).scalars()
+        )
         unaccented = (await conn.execute(text("select extensions.f_unaccent('Núñez')"))).scalar()
-        volatility = (await conn.execute(text(
-            "select provolatile from pg_proc where proname = 'f_unaccent'"))).scalar()
-        tables_in_extensions = (await conn.execute(text(
-            "select count(*) from pg_class where relnamespace = 'extensions'::regnamespace "
-            "and relkind = 'r'"))).scalar()
+        volatility = (
+            await conn.execute(text("select provolatile from pg_proc where proname = 'f_unaccent'"))
+        ).scalar()
+        tables_in_extensions = (
+            await conn.execute(
+                text(
+                    "select count(*) from pg_class where relnamespace = 'extensions'::regnamespace "
+                    "and relkind = 'r'"
+                )
+            )
+        ).scalar()
     assert {"btree_gist", "pg_trgm", "unaccent"} <= extensions
     assert unaccented == "Nunez" and volatility in ("i", b"i")
     assert tables_in_extensions == 0

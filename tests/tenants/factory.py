@@ -13,7 +13,7 @@ from dentalpin.platform import Manifest, Module, Registry
 from dentalpin.platform._db import Database
 from dentalpin.platform._runtime import Platform
 
-REVISION = '''
+REVISION = """
 import sqlalchemy as sa
 from alembic import op
 
@@ -28,7 +28,7 @@ def upgrade():
 
 def downgrade():
 {downgrade}
-'''
+"""
 
 
 def build_module(
@@ -42,9 +42,13 @@ def build_module(
     down = None
     for index, rev in enumerate(revisions):
         body = REVISION.format(
-            revision=rev["id"], down=down, extra=rev.get("extra", ""),
+            revision=rev["id"],
+            down=down,
+            extra=rev.get("extra", ""),
             upgrade=textwrap.indent(textwrap.dedent(rev["upgrade"]).strip() or "pass", "    "),
-            downgrade=textwrap.indent(textwrap.dedent(rev.get("downgrade", "pass")).strip(), "    "),
+            downgrade=textwrap.indent(
+                textwrap.dedent(rev.get("downgrade", "pass")).strip(), "    "
+            ),
         )
         (versions / f"{index:04d}_{rev['id']}.py").write_text(body)
         down = rev["id"]
@@ -59,9 +63,14 @@ def build_module(
     spec.loader.exec_module(mod)
     cls: type[Module] = mod.TheModule
     cls.manifest = Manifest(
-        name=name, version=manifest.pop("version", "1.0.0"), summary=f"test module {name}",
-        author="tests", license="MIT", category=manifest.pop("category", "other"),
-        core=">=0.1", **manifest,
+        name=name,
+        version=manifest.pop("version", "1.0.0"),
+        summary=f"test module {name}",
+        author="tests",
+        license="MIT",
+        category=manifest.pop("category", "other"),
+        core=">=0.1",
+        **manifest,
     )
     return cls
 
@@ -70,6 +79,7 @@ def platform_with(base: Platform, *extra: type[Module]) -> Platform:
     """A platform on the same database whose registry also knows `extra` modules."""
     classes = [type(spec.module) for spec in base.registry] + list(extra)
     return Platform(
-        settings=base.settings, db=Database(base.db.url, base.settings),
+        settings=base.settings,
+        db=Database(base.db.url, base.settings),
         registry=Registry.from_classes(classes),
     )

@@ -11,9 +11,11 @@ async def test_drift_is_found_and_reconciled(fresh_platform):
     edited = await create_tenant(fresh_platform, unique_slug("edited"))
     gone = await create_tenant(fresh_platform, unique_slug("gone"))
     async with fresh_platform.db.engine.begin() as conn:
-        await conn.execute(text(
-            f'update "{edited.schema_name}".alembic_version_fx_people set version_num = \'fxp_0001\''
-        ))
+        await conn.execute(
+            text(
+                f"update \"{edited.schema_name}\".alembic_version_fx_people set version_num = 'fxp_0001'"
+            )
+        )
         await conn.execute(text(f'drop schema "{gone.schema_name}" cascade'))
 
     drifts = await find_drift(fresh_platform)

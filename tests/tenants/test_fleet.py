@@ -28,9 +28,7 @@ REV2 = {
 }
 
 
-async def test_fleet_upgrade_upgrades_who_is_behind_and_isolates_failures(
-    fresh_platform, tmp_path
-):
+async def test_fleet_upgrade_upgrades_who_is_behind_and_isolates_failures(fresh_platform, tmp_path):
     v1 = build_module(tmp_path / "v1", "fleetmod", [REV1], auto_install=True)
     p1 = platform_with(fresh_platform, v1)
     tenants = [await create_tenant(p1, unique_slug("fleet")) for _ in range(4)]
@@ -42,8 +40,7 @@ async def test_fleet_upgrade_upgrades_who_is_behind_and_isolates_failures(
         # Someone created a table the new revision wants, behind the platform's back.
         await conn.execute(text(f'create table "{broken.schema_name}".fleet_tags (x int)'))
 
-    v2 = build_module(tmp_path / "v2", "fleetmod", [REV1, REV2], auto_install=True,
-                      version="1.1.0")
+    v2 = build_module(tmp_path / "v2", "fleetmod", [REV1, REV2], auto_install=True, version="1.1.0")
     p2 = platform_with(fresh_platform, v2)
     try:
         behind = await tenants_behind(p2)
@@ -67,10 +64,19 @@ async def test_fleet_upgrade_upgrades_who_is_behind_and_isolates_failures(
                     assert state["error"] is None
                     assert "table:fleet_tags" in state["owned_objects"]
             # The failed tenant is exactly as it was: no half-applied column.
-            columns = (await conn.execute(text(
-                "select column_name from information_schema.columns "
-                "where table_schema = :s and table_name = 'fleet_items'"
-            ), {"s": broken.schema_name})).scalars().all()
+            columns = (
+                (
+                    await conn.execute(
+                        text(
+                            "select column_name from information_schema.columns "
+                            "where table_schema = :s and table_name = 'fleet_items'"
+                        ),
+                        {"s": broken.schema_name},
+                    )
+                )
+                .scalars()
+                .all()
+            )
             assert columns == ["id"]
 
         # Only the failed tenant is still behind; fixing it and re-running finishes the fleet.

@@ -248,7 +248,7 @@ async def test_image_installed_module_upgrades_uninstalls_and_restores(
             await conn.execute(
                 text(
                     f'insert into "{tenant.schema_name}".nt_notes (person_id, body) '
-                    f'select id, \'hello\' from "{tenant.schema_name}".people'
+                    f"select id, 'hello' from \"{tenant.schema_name}\".people"
                 )
             )
 
@@ -372,9 +372,7 @@ async def test_a_leaking_revision_falls_back_to_alembic(
         async with platform.db.engine.connect() as conn:
             comment = (
                 await conn.execute(
-                    text(
-                        f"select obj_description('\"{tenant.schema_name}\".lk_items'::regclass)"
-                    )
+                    text(f"select obj_description('\"{tenant.schema_name}\".lk_items'::regclass)")
                 )
             ).scalar_one()
             states = await module_states(conn, tenant.id)

@@ -49,7 +49,8 @@ async def test_install_pulls_in_the_missing_dependency_closure(platform, slug):
     assert job.result == {"installed": ["fx_people", "recall"]}
     current = await states(platform, tenant)
     assert {n: s["state"] for n, s in current.items()} == {
-        "fx_people": "installed", "recall": "installed"
+        "fx_people": "installed",
+        "recall": "installed",
     }
     assert current["recall"]["revision"] == "rc_0001"
 
@@ -65,13 +66,24 @@ async def test_install_refuses_what_it_cannot_do(platform, slug):
 async def test_a_migration_failing_halfway_leaves_the_tenant_exactly_as_before(
     platform, slug, tmp_path
 ):
-    broken = build_module(tmp_path, "halfway", [
-        {"id": "h1", "upgrade": "op.create_table('half_one', sa.Column('id', sa.Integer, "
-                                "primary_key=True))",
-         "downgrade": "op.drop_table('half_one')"},
-        {"id": "h2", "upgrade": "op.create_table('half_two', sa.Column('id', sa.Integer, "
-                                "primary_key=True))\nop.execute('select 1/0')"},
-    ], depends={"fx_people": ">=1"})
+    broken = build_module(
+        tmp_path,
+        "halfway",
+        [
+            {
+                "id": "h1",
+                "upgrade": "op.create_table('half_one', sa.Column('id', sa.Integer, "
+                "primary_key=True))",
+                "downgrade": "op.drop_table('half_one')",
+            },
+            {
+                "id": "h2",
+                "upgrade": "op.create_table('half_two', sa.Column('id', sa.Integer, "
+                "primary_key=True))\nop.execute('select 1/0')",
+            },
+        ],
+        depends={"fx_people": ">=1"},
+    )
     p = platform_with(platform, broken)
     try:
         tenant = await create_tenant(p, slug)
@@ -94,10 +106,12 @@ async def test_uninstall_rules_dry_run_veto_and_cascade(platform, slug):
     tenant = await create_tenant(platform, slug, modules=["recall"])
     async with platform.db.tenant(tenant.scope) as s:
         await s.execute(text("insert into people (name, kind) values ('Ana', 'patient')"))
-        await s.execute(text(
-            "insert into recall_reminders (person_id, due_on, legal_hold) "
-            "select id, date '2027-01-10', true from people where name = 'Ana'"
-        ))
+        await s.execute(
+            text(
+                "insert into recall_reminders (person_id, due_on, legal_hold) "
+                "select id, date '2027-01-10', true from people where name = 'Ana'"
+            )
+        )
     job = await run_job(platform, "lifecycle.uninstall", tenant, module="fx_people")
     assert job.state == "failed" and "depend on 'fx_people': recall" in job.error
 
@@ -121,7 +135,8 @@ async def test_uninstall_rules_dry_run_veto_and_cascade(platform, slug):
     assert job.result["modules"] == ["recall", "fx_people"]
     after = await states(platform, tenant)
     assert {n: s["state"] for n, s in after.items()} == {
-        "fx_people": "uninstalled", "recall": "uninstalled"
+        "fx_people": "uninstalled",
+        "recall": "uninstalled",
     }
     picture = await schema_picture(platform, tenant)
     assert all(not v for v in picture.values()), picture
@@ -133,13 +148,16 @@ async def test_the_archive_holds_exactly_what_was_dropped_and_restore_brings_it_
     tenant = await create_tenant(platform, slug)
     async with platform.db.tenant(tenant.scope) as s:
         for name in ("Ana", "Luis", "Marta"):
-            await s.execute(text(f"insert into people (name, kind, email) values "
-                                 f"('{name}', 'patient', '{name.lower()}@example.es')"))
+            await s.execute(
+                text(
+                    f"insert into people (name, kind, email) values "
+                    f"('{name}', 'patient', '{name.lower()}@example.es')"
+                )
+            )
         await s.execute(text("delete from people where name = 'Marta'"))
         await s.execute(text("select nextval('fx_people_badge_seq')"))
         rows_before = (await s.execute(text("select * from people order by id"))).all()
-        badge_next = (await s.execute(text(
-            "select last_value from fx_people_badge_seq"))).scalar()
+        badge_next = (await s.execute(text("select last_value from fx_people_badge_seq"))).scalar()
     job = await run_job(platform, "lifecycle.uninstall", tenant, module="fx_people")
     assert job.state == "succeeded", job.error
     archive_id = job.result["archives"]["fx_people"]
@@ -159,12 +177,17 @@ async def test_the_archive_holds_exactly_what_was_dropped_and_restore_brings_it_
     assert job.state == "succeeded", job.error
     async with platform.db.tenant(tenant.scope) as s:
         assert (await s.execute(text("select * from people order by id"))).all() == rows_before
-        new_id = (await s.execute(text(
-            "insert into people (name, kind) values ('Nuevo', 'patient') returning id"
-        ))).scalar()
-        new_badge = (await s.execute(text("select badge from people where id = :i"),
-                                     {"i": new_id})).scalar()
-    assert new_id == max(r.id for r in rows_before) + 1 + 1  # Marta's id stays consumed: the sequence came back
+        new_id = (
+            await s.execute(
+                text("insert into people (name, kind) values ('Nuevo', 'patient') returning id")
+            )
+        ).scalar()
+        new_badge = (
+            await s.execute(text("select badge from people where id = :i"), {"i": new_id})
+        ).scalar()
+    assert (
+        new_id == max(r.id for r in rows_before) + 1 + 1
+    )  # Marta's id stays consumed: the sequence came back
     assert new_badge == badge_next + 1
     assert (await states(platform, tenant))["fx_people"]["state"] == "installed"
 
@@ -178,14 +201,17 @@ async def test_restore_refuses_a_tampered_archive_or_another_tenants_archive(pla
         assert job.state == "succeeded", job.error
         ids[tenant.slug] = job.result["archives"]["fx_people"]
 
-    job = await run_job(platform, "lifecycle.restore", a, module="fx_people",
-                        archive_id=ids[b.slug])
+    job = await run_job(
+        platform, "lifecycle.restore", a, module="fx_people", archive_id=ids[b.slug]
+    )
     assert job.state == "failed" and "no archive" in job.error
 
     async with platform.db.engine.connect() as conn:
-        path = Path((await conn.execute(
-            select(archives.c.path).where(archives.c.id == ids[a.slug])
-        )).scalar_one())
+        path = Path(
+            (
+                await conn.execute(select(archives.c.path).where(archives.c.id == ids[a.slug]))
+            ).scalar_one()
+        )
     original = path.read_bytes()
     path.write_bytes(original[:-10] + b"0123456789")
     job = await run_job(platform, "lifecycle.restore", a, module="fx_people")
@@ -199,11 +225,16 @@ async def test_restore_refuses_a_tampered_archive_or_another_tenants_archive(pla
 
 
 async def test_one_lifecycle_operation_at_a_time_per_tenant(platform, slug, tmp_path):
-    slow = build_module(tmp_path, "slowpoke", [], hooks="""
+    slow = build_module(
+        tmp_path,
+        "slowpoke",
+        [],
+        hooks="""
         async def on_install(self, ctx):
             await ctx.log("waiting for the gate")
             await type(self).gate.wait()
-    """)
+    """,
+    )
     p = platform_with(platform, slow)
     slow.gate = asyncio.Event()
     try:
@@ -237,16 +268,24 @@ async def test_one_lifecycle_operation_at_a_time_per_tenant(platform, slug, tmp_
 async def test_uninstalling_state_is_visible_during_the_job_and_reverted_on_failure(
     platform, slug, tmp_path
 ):
-    mod = build_module(tmp_path, "gated", [
-        {"id": "g1", "upgrade": "op.create_table('gated_items', sa.Column('id', sa.Integer, "
-                                "primary_key=True))",
-         "downgrade": "op.drop_table('gated_items')"},
-    ], hooks="""
+    mod = build_module(
+        tmp_path,
+        "gated",
+        [
+            {
+                "id": "g1",
+                "upgrade": "op.create_table('gated_items', sa.Column('id', sa.Integer, "
+                "primary_key=True))",
+                "downgrade": "op.drop_table('gated_items')",
+            },
+        ],
+        hooks="""
         async def on_uninstall(self, ctx):
             await type(self).gate.wait()
             if type(self).fail:
                 raise RuntimeError("hook failed on purpose")
-    """)
+    """,
+    )
     p = platform_with(platform, mod)
     try:
         tenant = await create_tenant(p, slug, modules=["gated"])
@@ -277,8 +316,11 @@ async def test_schema_dropped_behind_the_platforms_back_is_reported(platform, sl
 async def test_stuck_uninstalling_state_from_a_dead_process_heals(platform, slug):
     tenant = await create_tenant(platform, slug)
     async with platform.db.engine.begin() as conn:
-        await conn.execute(update(tenant_modules).where(
-            tenant_modules.c.tenant_id == tenant.id).values(state="uninstalling"))
+        await conn.execute(
+            update(tenant_modules)
+            .where(tenant_modules.c.tenant_id == tenant.id)
+            .values(state="uninstalling")
+        )
     job = await run_job(platform, "lifecycle.install", tenant, modules=["fx_visits"])
     assert job.state == "succeeded", job.error
     assert (await states(platform, tenant))["fx_people"]["state"] == "installed"
@@ -286,4 +328,3 @@ async def test_stuck_uninstalling_state_from_a_dead_process_heals(platform, slug
 
 def test_factory_modules_are_importable():
     assert "tests.tenants.factory" in sys.modules
-

@@ -16,15 +16,32 @@ from tests.conftest import unique_slug
 async def counts(platform):
     async with platform.db.engine.connect() as conn:
         n_tenants = (await conn.execute(select(func.count()).select_from(tenants))).scalar()
-        n_schemas = (await conn.execute(text(
-            "select count(*) from pg_namespace where nspname like 't\\_%'"))).scalar()
+        n_schemas = (
+            await conn.execute(text("select count(*) from pg_namespace where nspname like 't\\_%'"))
+        ).scalar()
     return n_tenants, n_schemas
 
 
-@pytest.mark.parametrize("slug", [
-    "x'; drop table platform.tenants; --", "../../etc/passwd", "Acme", "a", "-acme", "acme-",
-    "ac--me", "xn--acme", "admin", "www", "a" * 41, "acme dental", "acmé", "acme\x00", "",
-])
+@pytest.mark.parametrize(
+    "slug",
+    [
+        "x'; drop table platform.tenants; --",
+        "../../etc/passwd",
+        "Acme",
+        "a",
+        "-acme",
+        "acme-",
+        "ac--me",
+        "xn--acme",
+        "admin",
+        "www",
+        "a" * 41,
+        "acme dental",
+        "acmé",
+        "acme\x00",
+        "",
+    ],
+)
 async def test_hostile_or_reserved_slugs_are_refused_and_nothing_is_created(platform, slug):
     before = await counts(platform)
     with pytest.raises(InvalidInput):
@@ -49,8 +66,12 @@ async def test_archive_drops_the_schema_and_restore_brings_the_clinic_back(platf
     tenant = await create_tenant(platform, slug, modules=["recall"])
     async with platform.db.tenant(tenant.scope) as s:
         await s.execute(text("insert into people (name, kind) values ('Ana', 'patient')"))
-        await s.execute(text("insert into recall_reminders (person_id, due_on) "
-                             "select id, date '2027-03-01' from people"))
+        await s.execute(
+            text(
+                "insert into recall_reminders (person_id, due_on) "
+                "select id, date '2027-03-01' from people"
+            )
+        )
     async with platform.db.engine.connect() as conn:
         picture = await describe_schema(conn, tenant.schema_name)
     job = await submit(platform, "tenant.archive", tenant.id, {})
@@ -61,8 +82,11 @@ async def test_archive_drops_the_schema_and_restore_brings_the_clinic_back(platf
 
     async with platform.db.engine.connect() as conn:
         assert not await schema_exists(conn, tenant.schema_name)
-        roles = (await conn.execute(text("select count(*) from pg_roles where rolname = :r"),
-                                    {"r": tenant.db_role})).scalar()
+        roles = (
+            await conn.execute(
+                text("select count(*) from pg_roles where rolname = :r"), {"r": tenant.db_role}
+            )
+        ).scalar()
         assert roles == 0
         assert slug not in [t.slug for t in await all_tenants(conn)]
         archived = [t for t in await all_tenants(conn, include_archived=True) if t.slug == slug]
@@ -75,9 +99,13 @@ async def test_archive_drops_the_schema_and_restore_brings_the_clinic_back(platf
     restored = await restore_tenant(platform, archive_id, slug=unique_slug("back"))
     assert restored.id == tenant.id and restored.schema_name != tenant.schema_name
     async with platform.db.tenant(restored.scope) as s:
-        rows = (await s.execute(text(
-            "select p.name, r.due_on from recall_reminders r join people p on p.id = r.person_id"
-        ))).all()
+        rows = (
+            await s.execute(
+                text(
+                    "select p.name, r.due_on from recall_reminders r join people p on p.id = r.person_id"
+                )
+            )
+        ).all()
     assert [r.name for r in rows] == ["Front desk", "Ana"]
     async with platform.db.engine.connect() as conn:
         assert await describe_schema(conn, restored.schema_name) == picture

@@ -1,0 +1,125 @@
+"""What both benchmarks share: a database of their own, a role prefix of their own, output.
+
+Each benchmark creates its database and drops it at the end, with every role carrying
+its prefix (roles are cluster-wide, so dropping the database is not enough).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform as host
+import secrets
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from sqlalchemy.engine import make_url
+
+DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def server_dsn(database: str = "postgres") -> str:
+    raw = os.environ.get("DATABASE_URL") or DEFAULT_SERVER
+    url = make_url(raw).set(drivername="postgresql", database=database)
+    return url.render_as_string(hide_password=False)
+
+
+@dataclass
+class BenchDatabase:
+    """`dpbench_<token>` with tenant roles `dpb<token>_...`, removed by `drop()`."""
+
+    name: str
+    prefix: str
+
+    @classmethod
+    async def create(cls) -> BenchDatabase:
+        token = secrets.token_hex(4)
+        db = cls(f"dpbench_{token}", f"dpb{token}_")
+        conn = await asyncpg.connect(server_dsn())
+        try:
+            await conn.execute(f'create database "{db.name}"')
+        finally:
+            await conn.close()
+        return db
+
+    @property
+    def url(self) -> str:
+        return server_dsn(self.name)
+
+    async def drop(self) -> None:
+        conn = await asyncpg.connect(server_dsn())
+        try:
+            await conn.execute(f'drop database if exists "{self.name}" with (force)')
+            roles = await conn.fetch(
+                "select rolname from pg_roles where rolname like $1", self.prefix + "%"
+            )
+            for role in roles:
+                await conn.execute(f'drop role if exists "{role["rolname"]}"')
+        finally:
+            await conn.close()
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a small sample."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def p50(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory_gb = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                memory_gb = round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gb": memory_gb,
+        "python": sys.version.split()[0],
+        "platform": host.platform(),
+    }
+
+
+async def server_version() -> str:
+    conn = await asyncpg.connect(server_dsn())
+    try:
+        return str(await conn.fetchval("show server_version"))
+    finally:
+        await conn.close()
+
+
+def git_revision() -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return done.stdout.strip() or None
+
+
+def emit(result: dict[str, Any], as_json: bool) -> None:
+    """With --json, the last line printed is one JSON object."""
+    if as_json:
+        sys.stdout.flush()
+        print(json.dumps(result, default=str), flush=True)
