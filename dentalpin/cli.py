@@ -23,6 +23,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 
 from dentalpin import __version__
 from dentalpin.platform import PlatformError
@@ -91,6 +92,31 @@ def run(coro_fn: Callable[[Platform], Awaitable[T]]) -> T:
             err.print(f"[red]error:[/red] {escape(str(exc))}")
             raise typer.Exit(1) from None
         raise
+    except OSError as exc:
+        err.print(
+            f"[red]error:[/red] cannot reach the database ({escape(str(exc))}); check "
+            "DATABASE_URL and that PostgreSQL is running"
+        )
+        raise typer.Exit(1) from None
+    except DBAPIError as exc:
+        hint = _DATABASE_HINTS.get(getattr(exc.orig, "sqlstate", None) or "")
+        if hint is None:
+            raise
+        reason = str(exc.orig).strip().splitlines()[0]
+        err.print(f"[red]error:[/red] {escape(reason)}: {hint}")
+        raise typer.Exit(1) from None
+
+
+# Database errors that mean "wrong setup", not "bug": say what to do instead of a traceback.
+_DATABASE_HINTS = {
+    "3D000": "the database in DATABASE_URL does not exist; create it or fix DATABASE_URL",
+    "28000": "PostgreSQL refused the login; check the user in DATABASE_URL",
+    "28P01": "PostgreSQL refused the password in DATABASE_URL",
+    "57P03": "PostgreSQL is starting up or shutting down; retry shortly",
+    "53300": "PostgreSQL has no free connections; retry shortly or raise max_connections",
+    "42P01": "the platform schema is missing or incomplete; run `dentalpin migrate` first",
+    "3F000": "the platform schema is missing; run `dentalpin migrate` first",
+}
 
 
 def _row(table: Table, *cells: object) -> None:

@@ -94,11 +94,11 @@ class Registry:
             if len(group) > 1:
                 # Ambiguous whichever of them loads: never pick one silently.
                 origins = " and ".join(str(c.distribution) for c in group)
-                reason = (
+                duplicate = (
                     f"{'two' if len(group) == 2 else len(group)} distributions provide module "
                     f"'{name}' ({origins}); uninstall all but one"
                 )
-                quarantined[name] = Quarantine(name, reason, group[-1].distribution)
+                quarantined[name] = Quarantine(name, duplicate, group[-1].distribution)
                 continue
             spec, reason = _accept(group[0], core_version)
             if spec is not None:
@@ -274,8 +274,10 @@ def _find_cycle(accepted: dict[str, ModuleSpec]) -> list[str] | None:
     try:
         tuple(graphlib.TopologicalSorter(graph).static_order())
     except graphlib.CycleError as exc:
-        members = list(exc.args[1])[:-1]  # graphlib repeats the first node at the end
-        start = members.index(min(members))  # same text whatever node the search began at
+        # graphlib walks from a module to those needing it and repeats the first node at
+        # the end; report it as "a -> b" = "a depends on b", starting from the least name.
+        members = list(reversed(exc.args[1]))[:-1]
+        start = members.index(min(members))
         members = members[start:] + members[:start]
         return [*members, members[0]]
     return None

@@ -30,6 +30,9 @@ from dentalpin.platform import Module, Registry
 from dentalpin.platform._errors import PlatformError
 
 CREATE_EXTENSION = re.compile(r"create\s+extension", re.IGNORECASE)
+CHANGE_EXTENSION = re.compile(r"\b(drop|alter)\s+extension\b", re.IGNORECASE)
+"""Extensions live in the shared `extensions` schema: dropping or altering one from a module's
+revision (run as the schema owner) would change it for every tenant."""
 _lock = threading.Lock()
 _alembic_locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
 T = TypeVar("T")
@@ -161,6 +164,12 @@ def refuse_create_extension(connection: Connection, module: str) -> Iterator[Non
                 f"module '{module}' ran CREATE EXTENSION in a revision; declare the extension in "
                 "the manifest's requires_extensions instead"
             )
+        changed = CHANGE_EXTENSION.search(statement)
+        if changed:
+            raise MigrationError(
+                f"module '{module}' ran {changed.group(1).upper()} EXTENSION in a revision; "
+                "extensions are shared by every tenant and only an operator may change them"
+            )
 
     event.listen(connection, "before_cursor_execute", check)
     try:
@@ -197,6 +206,12 @@ def lint_lineage(lineage: Lineage, registry: Registry) -> list[str]:
         if CREATE_EXTENSION.search(source):
             problems.append(
                 f"{where}: runs CREATE EXTENSION; declare it in requires_extensions instead"
+            )
+        changed = CHANGE_EXTENSION.search(source)
+        if changed:
+            problems.append(
+                f"{where}: runs {changed.group(1).upper()} EXTENSION; extensions are shared by "
+                "every tenant and only an operator may change them"
             )
         try:
             requires = lineage.requires(revision)

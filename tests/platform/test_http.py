@@ -411,7 +411,7 @@ async def test_openapi_lists_module_routes_under_their_prefix(client: httpx.Asyn
     paths = response.json()["paths"]
     for path in (PEOPLE, RECALL_STATUS, RECALL_REMINDERS, "/healthz", "/readyz"):
         assert path in paths, sorted(paths)
-    module_paths = [p for p in paths if p.startswith(f"{API_PREFIX}/")]
+    module_paths = [p for p in paths if p.startswith(f"{API_PREFIX}/") and p != f"{API_PREFIX}/"]
     for path in module_paths:
         assert path.split("/")[3] in {"fx_people", "recall", "probe"}, path
     assert paths[RECALL_STATUS]["get"]["tags"] == ["recall"]
@@ -437,3 +437,16 @@ async def test_create_app_without_platform_builds_one_in_its_lifespan(
             assert isinstance(app.state.platform, Platform)
     finally:
         _settings.get_settings.cache_clear()
+
+
+async def test_api_index_names_the_hosts_clinic_and_its_modules(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    body = (await client.get(f"{API_PREFIX}/", headers=host(world.with_recall))).json()
+    assert body["clinic"]["slug"] == world.with_recall.slug
+    assert [m["name"] for m in body["modules"]] == ["fx_people", "recall"]
+    other = (await client.get(f"{API_PREFIX}/", headers=host(world.without_recall))).json()
+    assert [m["name"] for m in other["modules"]] == ["fx_people"]
+    nobody = await client.get(f"{API_PREFIX}/", headers={"host": "evil.com"})
+    assert nobody.status_code == 200
+    assert "clinic" not in nobody.json()

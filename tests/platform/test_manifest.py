@@ -137,7 +137,8 @@ def test_a_module_cannot_depend_on_itself() -> None:
 
 
 @pytest.mark.parametrize(
-    "permission", ["read", "Chart.read", "chart.", ".read", "chart read", "chart.read!", "chart-x.y"]
+    "permission",
+    ["read", "Chart.read", "chart.", ".read", "chart read", "chart.read!", "chart-x.y"],
 )
 def test_permissions_must_be_resource_action(permission: str) -> None:
     message = refused(permissions={permission: "Something"}, role_grants={})

@@ -1,0 +1,223 @@
+"""Provisioning speed: `create_tenant` with every auto-install module, against the limit.
+
+    python benchmarks/provision.py [--json] [--tenants 20] [--runs 20]
+
+Creates its own database (on DATABASE_URL's server, default
+postgresql://postgres@127.0.0.1:5432/postgres) and drops it, with its roles, at the end.
+
+Measured, alternating so drift hits both paths alike:
+  - create_tenant with DDL images (the default) and with plain Alembic migrations;
+  - the physical limit: the same DDL (schema and role set-up plus the captured images of
+    every auto-install module) sent as one SQL script, in one transaction, over an
+    already open connection.
+Target: p50 of create_tenant within 1.5x of the limit's p50.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from sqlalchemy import Connection, event
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (  # noqa: E402
+    BenchDatabase,
+    emit,
+    git_revision,
+    machine,
+    p50,
+    percentile,
+    server_version,
+)
+
+from dentalpin.platform._db import Database, TenantScope  # noqa: E402
+from dentalpin.platform._runtime import Platform  # noqa: E402
+from dentalpin.platform._settings import Settings  # noqa: E402
+from dentalpin.tenants import create_tenant, migrate_platform, sync_catalogue  # noqa: E402
+from dentalpin.tenants._catalogue import create_schema_and_role  # noqa: E402
+from dentalpin.tenants._images import image_for  # noqa: E402
+from dentalpin.tenants._lineage import lineages  # noqa: E402
+
+TARGET_RATIO = 1.5
+PLACEHOLDER = "t_benchplaceholder"
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    return {
+        "p50_ms": round(p50(values) * 1000, 2),
+        "p90_ms": round(percentile(values, 90) * 1000, 2),
+        "min_ms": round(min(values) * 1000, 2),
+        "max_ms": round(max(values) * 1000, 2),
+    }
+
+
+async def setup_statements(platform: Platform) -> list[str]:
+    """What create_schema_and_role and the tenant search path send, captured on the wire
+    (in a transaction that is rolled back) with a placeholder schema name."""
+    scope = TenantScope(PLACEHOLDER, f"{platform.settings.role_prefix}{PLACEHOLDER}")
+    sent: list[str] = []
+
+    def record(_c: Any, _cur: Any, statement: str, parameters: Any, *_rest: Any) -> None:
+        sent.append(statement if not parameters else "")
+
+    async with platform.db.engine.connect() as conn:
+        transaction = await conn.begin()
+        sync: Connection = conn.sync_connection  # type: ignore[assignment]
+        event.listen(sync, "before_cursor_execute", record)
+        try:
+            await create_schema_and_role(conn, scope)
+        finally:
+            event.remove(sync, "before_cursor_execute", record)
+            await transaction.rollback()
+    assert all(sent), "schema set-up used bound parameters; cannot script it"
+    # Operation.begin binds the tenant's search path; as a literal it is the same statement.
+    sent.append(f"select set_config('search_path', '\"{PLACEHOLDER}\", extensions', true)")
+    return sent
+
+
+async def limit_script(platform: Platform) -> str:
+    """Set-up statements plus every auto-install module's image, dependencies first."""
+    every = lineages(platform.registry, platform.state)
+    modules = [
+        m
+        for m in platform.registry.closure(platform.registry.auto_install())
+        if every[m].script is not None
+    ]
+    parts = await setup_statements(platform)
+    async with platform.db.engine.connect() as conn, conn.begin():
+        for module in modules:
+            image = await image_for(platform, conn, module)
+            if image is None or image.script is None:
+                raise SystemExit(f"no one-script image for {module}; cannot measure the limit")
+            parts.append(image.script)
+        await conn.rollback()
+    return "begin;\n" + "\n;\n".join(parts) + "\n;\ncommit;"
+
+
+async def measure_limit(dsn: str, script: str, runs: int) -> list[float]:
+    conn = await asyncpg.connect(dsn)
+    times: list[float] = []
+    try:
+        await conn.execute("select 1")
+        for _ in range(runs):
+            schema = "t_" + secrets.token_hex(5)
+            sql = script.replace(PLACEHOLDER, schema)
+            started = time.perf_counter()
+            await conn.execute(sql)
+            times.append(time.perf_counter() - started)
+    finally:
+        await conn.close()
+    return times
+
+
+async def run(tenants: int, runs: int, warmup: int) -> dict[str, Any]:
+    db = await BenchDatabase.create()
+    data_dir = Path(tempfile.mkdtemp(prefix="dpbench-"))
+    platforms: list[Platform] = []
+    try:
+        settings = Settings(
+            database_url=db.url,
+            redis_url=os.environ.get("REDIS_URL"),
+            data_dir=data_dir,
+            role_prefix=db.prefix,
+            environment="test",
+        )
+        imaged = Platform.create(settings)
+        platforms.append(imaged)
+        await migrate_platform(imaged)
+        await sync_catalogue(imaged)
+        off = settings.model_copy(update={"provision_with_ddl_images": False})
+        plain = Platform(off, Database.from_settings(off), imaged.registry)
+        platforms.append(plain)
+        modules = imaged.registry.auto_install()
+
+        timings: dict[str, list[float]] = {"images": [], "alembic": []}
+        paths = [("images", imaged), ("alembic", plain)]
+        for i in range(warmup + tenants):
+            # Alternate which path goes first, so neither always follows the other's commit.
+            for label, platform in paths if i % 2 == 0 else reversed(paths):
+                slug = f"bench-{label}-{i}"
+                started = time.perf_counter()
+                await create_tenant(platform, slug)
+                elapsed = time.perf_counter() - started
+                if i >= warmup:
+                    timings[label].append(elapsed)
+
+        script = await limit_script(imaged)
+        await measure_limit(db.url, script, warmup)  # warm the server's caches
+        limit = await measure_limit(db.url, script, runs)
+
+        result: dict[str, Any] = {
+            "benchmark": "provision",
+            "tenants": tenants,
+            "limit_runs": runs,
+            "modules": modules,
+            "create_tenant_images": _stats(timings["images"]),
+            "create_tenant_alembic": _stats(timings["alembic"]),
+            "physical_limit": _stats(limit),
+            "limit_statements": script.count("\n;\n") - 1,
+        }
+        ratio = p50(timings["images"]) / p50(limit)
+        result["ratio_images_to_limit"] = round(ratio, 2)
+        result["ratio_alembic_to_limit"] = round(p50(timings["alembic"]) / p50(limit), 2)
+        result["speedup_images_vs_alembic"] = round(
+            p50(timings["alembic"]) / p50(timings["images"]), 2
+        )
+        result["target_ratio"] = TARGET_RATIO
+        result["target_met"] = ratio <= TARGET_RATIO
+        result["machine"] = machine()
+        result["postgresql"] = await server_version()
+        result["git"] = git_revision()
+        return result
+    finally:
+        for platform in platforms:
+            await platform.close()
+        await db.drop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def report(result: dict[str, Any]) -> None:
+    print(f"provisioning {result['tenants']} tenants with {', '.join(result['modules'])}")
+    for label, key in (
+        ("create_tenant, DDL images", "create_tenant_images"),
+        ("create_tenant, Alembic", "create_tenant_alembic"),
+        ("physical limit (one script)", "physical_limit"),
+    ):
+        s = result[key]
+        print(
+            f"  {label:30} p50 {s['p50_ms']:8.2f} ms   p90 {s['p90_ms']:8.2f} ms   "
+            f"min {s['min_ms']:8.2f} ms"
+        )
+    print(
+        f"  ratio p50 images/limit {result['ratio_images_to_limit']:.2f} "
+        f"(target <= {result['target_ratio']}: {'met' if result['target_met'] else 'MISSED'}); "
+        f"Alembic/limit {result['ratio_alembic_to_limit']:.2f}; "
+        f"images are {result['speedup_images_vs_alembic']:.1f}x faster than Alembic"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="end with one JSON object")
+    parser.add_argument("--tenants", type=int, default=20, help="tenants per path")
+    parser.add_argument("--runs", type=int, default=20, help="runs of the physical limit")
+    parser.add_argument("--warmup", type=int, default=3, help="unmeasured runs first")
+    args = parser.parse_args()
+    result = asyncio.run(run(args.tenants, args.runs, args.warmup))
+    report(result)
+    emit(result, args.json)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,366 @@
+"""The `dentalpin` command, run for real in subprocesses against a database of its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from dentalpin.platform import Registry
+from dentalpin.platform._runtime import Platform
+from dentalpin.tenants import create_tenant, module_heads
+
+JOB_QUEUED = re.compile(r"job ([0-9a-f-]{36}) \(([a-z.]+)\) queued")
+
+
+@dataclass
+class Result:
+    args: tuple[str, ...]
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        """stdout and stderr with whitespace collapsed (Rich may wrap long lines)."""
+        return " ".join(f"{self.stdout}\n{self.stderr}".split())
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+    @property
+    def job_id(self) -> uuid.UUID:
+        match = JOB_QUEUED.search(self.stdout)
+        assert match, self.stdout
+        return uuid.UUID(match.group(1))
+
+
+class Cli:
+    def __init__(self, platform: Platform, cwd: Path) -> None:
+        self.cwd = cwd
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": platform.settings.database_url or "",
+            "DENTALPIN_ROLE_PREFIX": platform.settings.role_prefix,
+            "DENTALPIN_DATA_DIR": str(platform.settings.data_dir),
+        }
+
+    def __call__(self, *args: str, code: int = 0) -> Result:
+        proc = subprocess.run(
+            [sys.executable, "-m", "dentalpin", *args],
+            env=self.env,
+            cwd=self.cwd,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        result = Result(args, proc.returncode, proc.stdout, proc.stderr)
+        assert result.code == code, f"{args} exited {result.code}:\n{proc.stdout}\n{proc.stderr}"
+        assert "Traceback" not in proc.stderr, proc.stderr
+        return result
+
+
+@pytest.fixture
+def cli(fresh_platform: Platform, tmp_path: Path) -> Cli:
+    work = tmp_path / "cwd"  # no stray .env is read from the repository
+    work.mkdir()
+    return Cli(fresh_platform, work)
+
+
+async def scalar(platform: Platform, sql: str, **params: Any) -> Any:
+    async with platform.db.engine.connect() as conn:
+        return (await conn.execute(text(sql), params)).scalar()
+
+
+async def rows(platform: Platform, sql: str, **params: Any) -> list[Any]:
+    async with platform.db.engine.connect() as conn:
+        return list(await conn.execute(text(sql), params))
+
+
+async def states(platform: Platform, slug: str) -> dict[str, str]:
+    found = await rows(
+        platform,
+        "select tm.module, tm.state from platform.tenant_modules tm"
+        " join platform.tenants t on t.id = tm.tenant_id"
+        " where t.slug = :slug and t.status = 'active'",
+        slug=slug,
+    )
+    return {r.module: r.state for r in found}
+
+
+async def schema_of(platform: Platform, slug: str) -> str:
+    schema: str = await scalar(
+        platform,
+        "select schema_name from platform.tenants where slug = :slug and status = 'active'",
+        slug=slug,
+    )
+    return schema
+
+
+async def people(platform: Platform, slug: str) -> list[str]:
+    schema = await schema_of(platform, slug)
+    found = await rows(platform, f'select name from "{schema}".people order by id')
+    return [r.name for r in found]
+
+
+async def add_people(platform: Platform, slug: str, *names: str) -> None:
+    schema = await schema_of(platform, slug)
+    async with platform.db.engine.begin() as conn:
+        for name in names:
+            await conn.execute(
+                text(f"insert into \"{schema}\".people (name, kind) values (:name, 'patient')"),
+                {"name": name},
+            )
+
+
+# Migrate, tenants, catalogue -------------------------------------------------------------
+
+
+async def test_migrate_create_list_show(cli: Cli, fresh_platform: Platform) -> None:
+    first = cli("migrate")
+    assert "0 tenant(s) behind" in first.output
+
+    created = cli("tenants", "create", "alpha", "--name", "Clínica Alfa", "--modules", "recall")
+    assert "created tenant 'alpha'" in created.output
+
+    again = cli("migrate", "--concurrency", "2", "--json").json()
+    assert again["behind"] == 0
+    assert again["failed"] == {}
+    assert again["platform_revision"] == await scalar(
+        fresh_platform, "select version_num from platform.alembic_version"
+    )
+
+    listed = cli("tenants", "list", "--json").json()
+    assert [(t["slug"], t["name"], t["status"]) for t in listed] == [
+        ("alpha", "Clínica Alfa", "active")
+    ]
+    assert listed[0]["schema"].startswith("t_")
+
+    heads = module_heads(fresh_platform)
+    shown = cli("tenants", "show", "alpha", "--json").json()
+    assert shown["slug"] == "alpha"
+    assert {n: (m["state"], m["revision"]) for n, m in shown["modules"].items()} == {
+        "fx_people": ("installed", heads["fx_people"]),
+        "recall": ("installed", heads["recall"]),
+    }
+
+    catalogue = {m["name"]: m for m in cli("modules", "list", "--json").json()}
+    assert catalogue["fx_people"]["auto_install"] is True
+    assert catalogue["recall"]["depends"] == {"fx_people": ">=1.0"}
+    assert catalogue["recall"]["distribution"] == "dentalpin-recall"
+    for name in ("fx_people", "fx_visits", "recall"):
+        assert catalogue[name]["status"] == "available"
+        assert catalogue[name]["head"] == heads[name]
+    for name, quarantine in Registry.discover().quarantined.items():
+        assert catalogue[name]["status"] == "quarantined"
+        assert catalogue[name]["reason"] == quarantine.reason
+
+    for_tenant = {
+        m["name"]: m for m in cli("modules", "list", "--tenant", "alpha", "--json").json()
+    }
+    assert for_tenant["fx_people"]["tenant_state"] == "installed"
+    assert for_tenant["recall"]["tenant_state"] == "installed"
+    assert for_tenant["fx_visits"]["tenant_state"] == "absent"
+
+    missing = cli("tenants", "show", "alpah", code=1)
+    assert "No tenant with slug 'alpah'. Did you mean 'alpha'?" in missing.output
+
+
+# Module lifecycle and jobs ---------------------------------------------------------------
+
+
+async def test_module_lifecycle_and_jobs(cli: Cli, fresh_platform: Platform) -> None:
+    p = fresh_platform
+    await create_tenant(p, "beta")
+    await add_people(p, "beta", "Ana", "Luis")
+
+    installed = cli("modules", "install", "beta", "fx_visits")
+    assert "lifecycle.install succeeded" in installed.output
+    assert await states(p, "beta") == {"fx_people": "installed", "fx_visits": "installed"}
+    install_job = installed.job_id
+    assert await scalar(p, "select result from platform.jobs where id = :id", id=install_job) == {
+        "installed": ["fx_visits"]  # fx_people was there already: nothing extra
+    }
+    cli("modules", "install", "beta", "recall")
+
+    plan = cli("modules", "uninstall", "beta", "fx_people", "--cascade", "--dry-run")
+    assert "nothing changed" in plan.output
+    order = re.search(r"uninstall (\S+) → (\S+) → fx_people", plan.output)
+    assert order, plan.output
+    assert {order.group(1), order.group(2)} == {"recall", "fx_visits"}  # dependents first
+    assert "people (3 rows)" in plan.output
+    assert await people(p, "beta") == ["Front desk", "Ana", "Luis"]
+    assert set((await states(p, "beta")).values()) == {"installed"}
+    jobs_before = await scalar(p, "select count(*) from platform.jobs")
+    assert jobs_before == 2  # a dry run submits no job
+
+    refused = cli("modules", "uninstall", "beta", "fx_people", code=1)
+    assert "installed modules depend on 'fx_people': " in refused.output
+    assert "recall" in refused.output
+    assert "fx_visits" in refused.output
+    assert "--cascade" in refused.output
+    assert await people(p, "beta") == ["Front desk", "Ana", "Luis"]
+
+    cascade = cli("modules", "uninstall", "beta", "fx_people", "--cascade")
+    assert "lifecycle.uninstall succeeded" in cascade.output
+    assert await states(p, "beta") == {
+        "fx_people": "uninstalled",
+        "fx_visits": "uninstalled",
+        "recall": "uninstalled",
+    }
+    schema = await schema_of(p, "beta")
+    assert await scalar(p, "select to_regclass(:t)", t=f"{schema}.people") is None
+    uninstall_job = cascade.job_id
+    result = await scalar(p, "select result from platform.jobs where id = :id", id=uninstall_job)
+    archives = result["archives"]
+    assert set(archives) == {"fx_people", "fx_visits", "recall"}
+
+    restored = cli("modules", "restore", "beta", "fx_people")
+    assert "lifecycle.restore succeeded" in restored.output
+    assert await people(p, "beta") == ["Front desk", "Ana", "Luis"]
+
+    cli("modules", "restore", "beta", "fx_visits", "--backup", archives["fx_visits"])
+    assert (await states(p, "beta"))["fx_visits"] == "installed"
+    assert await scalar(
+        p,
+        "select restored_at is not null from platform.archives where id = :id",
+        id=archives["fx_visits"],
+    )
+    bad_backup = cli("modules", "restore", "beta", "recall", "--backup", "nope", code=1)
+    assert "'nope' is not an archive id" in bad_backup.output
+
+    jobs = cli("jobs", "list", "--json").json()
+    assert [j["kind"] for j in jobs] == [
+        "lifecycle.restore",
+        "lifecycle.restore",
+        "lifecycle.uninstall",
+        "lifecycle.uninstall",
+        "lifecycle.install",
+        "lifecycle.install",
+    ]
+    assert [j["state"] for j in jobs] == [
+        "succeeded",
+        "succeeded",
+        "succeeded",
+        "failed",
+        "succeeded",
+        "succeeded",
+    ]
+    assert "installed modules depend on 'fx_people'" in jobs[3]["error"]
+
+    shown = cli("jobs", "show", str(uninstall_job), "--json").json()
+    assert shown["state"] == "succeeded"
+    assert shown["progress"] == 1.0
+    messages = [line["message"] for line in shown["log"]]
+    assert any(m.startswith("uninstalled fx_people; archive ") for m in messages), messages
+    assert all({"at", "level", "message"} <= line.keys() for line in shown["log"])
+
+    text_view = cli("jobs", "show", str(uninstall_job))
+    assert "uninstalled recall; archive" in text_view.output
+    unknown = cli("jobs", "show", str(uuid.UUID(int=0)), code=1)
+    assert f"no job with id {uuid.UUID(int=0)}" in unknown.output
+
+
+# Tenant archive and restore --------------------------------------------------------------
+
+
+async def test_archive_and_restore_a_tenant(cli: Cli, fresh_platform: Platform) -> None:
+    p = fresh_platform
+    await create_tenant(p, "gamma", "Gamma Dental", ["recall"])
+    await add_people(p, "gamma", "Marta")
+    old_schema = await schema_of(p, "gamma")
+
+    archived = cli("tenants", "archive", "gamma", "--yes")
+    assert "tenant.archive succeeded" in archived.output
+    assert await scalar(p, "select to_regnamespace(:s)", s=old_schema) is None
+
+    listed = cli("tenants", "list", "--archived", "--json").json()
+    assert [(t["slug"], t["status"]) for t in listed] == [("gamma", "archived")]
+    archive_id = listed[0]["archive_id"]
+    job_result = await scalar(
+        p, "select result from platform.jobs where id = :id", id=archived.job_id
+    )
+    assert job_result["archive_id"] == archive_id
+    assert job_result["tables"]["people"] == 2
+
+    restored = cli("tenants", "restore", archive_id)
+    assert "restored tenant 'gamma'" in restored.output
+    assert await people(p, "gamma") == ["Front desk", "Marta"]
+    assert await states(p, "gamma") == {"fx_people": "installed", "recall": "installed"}
+    shown = cli("tenants", "show", "gamma", "--json").json()
+    assert shown["status"] == "active"
+    assert shown["schema"] != old_schema
+
+    twice = cli("tenants", "restore", archive_id, code=1)
+    assert "tenant 'gamma' is active, not archived" in twice.output
+
+
+# Hostile and mistaken input --------------------------------------------------------------
+
+
+async def test_bad_input_is_refused_clearly_and_creates_nothing(
+    cli: Cli, fresh_platform: Platform
+) -> None:
+    p = fresh_platform
+    await create_tenant(p, "taken")
+    refused = {
+        "x'; drop table--": "is not a valid tenant slug",
+        "../etc": "is not a valid tenant slug",
+        "admin": "'admin' is reserved by the platform",
+        "a" * 41: "is not a valid tenant slug",
+        "[/red]": "is not a valid tenant slug",  # Rich markup in the input is shown, not parsed
+        "taken": "a tenant with slug 'taken' already exists",
+    }
+    for slug, message in refused.items():
+        result = cli("tenants", "create", slug, code=1)
+        assert result.stderr.lstrip().startswith("error: ") or "\nerror: " in result.stderr
+        assert message in result.output, result.output
+
+    typo = cli("tenants", "create", "delta", "--modules", "recal", code=1)
+    assert "No module named 'recal' is available. Did you mean 'recall'?" in typo.output
+    install_typo = cli("modules", "install", "taken", "fx_visit", code=1)
+    assert "Did you mean 'fx_visits'?" in install_typo.output
+
+    assert await scalar(p, "select array_agg(slug) from platform.tenants") == ["taken"]
+    assert await scalar(p, "select count(*) from platform.jobs") == 0
+    schemas = await scalar(
+        p, "select count(*) from pg_namespace where nspname like 't\\_%' escape '\\'"
+    )
+    assert schemas == 1
+    roles = await scalar(
+        p,
+        "select count(*) from pg_roles where rolname like :prefix",
+        prefix=f"{p.settings.role_prefix}%",
+    )
+    assert roles == 1
+
+    # A name is data: markup-like text is stored and printed literally.
+    cli("tenants", "create", "epsilon", "--name", "[/b] [red]Odonto")
+    assert "[/b] [red]Odonto" in cli("tenants", "list").output
+
+
+async def test_tenant_whose_schema_was_dropped_behind_the_platform(
+    cli: Cli, fresh_platform: Platform
+) -> None:
+    p = fresh_platform
+    await create_tenant(p, "zeta")
+    schema = await schema_of(p, "zeta")
+    async with p.db.engine.begin() as conn:
+        await conn.execute(text(f'drop schema "{schema}" cascade'))
+
+    install = cli("modules", "install", "zeta", "fx_visits", code=1)
+    assert f"the schema {schema} of tenant 'zeta' does not exist" in install.output
+    assert "dropped outside the platform" in install.output
+    plan = cli("modules", "uninstall", "zeta", "fx_people", "--dry-run", code=1)
+    assert "does not exist" in plan.output
+    assert await states(p, "zeta") == {"fx_people": "installed"}  # nothing pretended
