@@ -52,6 +52,7 @@ from dentalpin.tenants import (
     sync_catalogue,
     upgrade_fleet,
 )
+from dentalpin.tenants._introspect import schema_exists
 
 T = TypeVar("T")
 app = typer.Typer(help="DentalPin: multi-tenant platform for dental clinics.", no_args_is_help=True)
@@ -387,8 +388,10 @@ def tenants_show(slug: str, as_json: JsonOpt = False) -> None:
         async with platform.db.engine.connect() as conn:
             tenant = await find_tenant(conn, slug)
             states = await module_states(conn, tenant.id)
+            present = await schema_exists(conn, tenant.schema_name)
         data = {
             **tenant.as_dict(),
+            "schema_present": present,
             "modules": {
                 n: {k: v for k, v in s.items() if k != "owned_objects"} for n, s in states.items()
             },
@@ -400,6 +403,11 @@ def tenants_show(slug: str, as_json: JsonOpt = False) -> None:
             f"[bold]{escape(tenant.name)}[/bold] ({tenant.slug}) — {tenant.status}, "
             f"schema {tenant.schema_name}, placement {tenant.placement}"
         )
+        if not present:
+            err.print(
+                f"[red]the schema {tenant.schema_name} does not exist:[/red] it was dropped "
+                "outside the platform; restore it from a backup or archive the tenant"
+            )
         table = Table("module", "state", "version", "revision", "error")
         for name, s in states.items():
             _row(table, name, s["state"], s["version"], s["revision"], s["error"])

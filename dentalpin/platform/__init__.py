@@ -4,6 +4,8 @@ Everything else under `dentalpin.platform` is private (underscore modules) and m
 change without notice. Like pluggy's `__init__` over `_manager.py` and `_hooks.py`.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._errors import (
     Conflict,
     InvalidInput,
@@ -11,14 +13,6 @@ from ._errors import (
     PlatformError,
     UninstallVeto,
     UnknownModule,
-)
-from ._http import (
-    CurrentPrincipal,
-    Principal,
-    Tenant,
-    TenantDB,
-    public,
-    require_permission,
 )
 from ._manifest import Category, Manifest, NavEntry
 from ._module import (
@@ -29,6 +23,29 @@ from ._module import (
     module_metadata,
 )
 from ._registry import Registry
+
+if TYPE_CHECKING:
+    from ._http import (
+        CurrentPrincipal,
+        Principal,
+        Tenant,
+        TenantDB,
+        public,
+        require_permission,
+    )
+
+_HTTP_NAMES = frozenset(
+    {"CurrentPrincipal", "Principal", "Tenant", "TenantDB", "public", "require_permission"}
+)
+
+
+def __getattr__(name: str) -> Any:
+    # The HTTP helpers pull in FastAPI; the CLI and workers should not pay for it at start-up.
+    if name in _HTTP_NAMES:
+        from . import _http
+
+        return getattr(_http, name)
+    raise AttributeError(f"module 'dentalpin.platform' has no attribute '{name}'")
 
 __all__ = [
     "NAMING_CONVENTION",

@@ -458,10 +458,7 @@ async def restore(op: Operation, name: str, archive_id: uuid.UUID | None = None)
     contents, data, sequences = archive_io.read_archive(
         Path(row.path), row.sha256, archive_io.archive_key(op.platform.settings)
     )
-    missing = [n for n in op.platform.registry.closure([name]) if n != name]
-    installed = set(await op.installed())
-    if [n for n in missing if n not in installed]:
-        await install(op, [n for n in missing if n not in installed])
+    await _bring_back_dependencies(op, name)
     lineage = op.lineages[name]
     revision = contents["revision"]
     if revision is not None and (lineage.script is None or not _has_revision(lineage, revision)):
@@ -500,6 +497,18 @@ async def restore(op: Operation, name: str, archive_id: uuid.UUID | None = None)
     }
 
 
+async def _bring_back_dependencies(op: Operation, name: str) -> None:
+    """Dependencies the tenant lacks come back from their own archives when they have one
+    (a cascade uninstall archived them together), otherwise they are installed fresh."""
+    for dependency in op.platform.registry.closure([name]):
+        if dependency == name or dependency in await op.installed():
+            continue
+        if await _find_archive(op, dependency, None, required=False) is not None:
+            await restore(op, dependency)
+        else:
+            await install(op, [dependency])
+
+
 def _has_revision(lineage: Lineage, revision: str) -> bool:
     return any(s.revision == revision for s in lineage.revisions())
 
@@ -512,7 +521,9 @@ async def load_module_data(
     await archive_io.load_sequences(raw, op.tenant.schema_name, sequences)
 
 
-async def _find_archive(op: Operation, name: str, archive_id: uuid.UUID | None) -> Any:
+async def _find_archive(
+    op: Operation, name: str, archive_id: uuid.UUID | None, *, required: bool = True
+) -> Any:
     query = select(archives).where(
         archives.c.tenant_id == op.tenant.id, archives.c.kind == "module", archives.c.module == name
     )
@@ -521,7 +532,7 @@ async def _find_archive(op: Operation, name: str, archive_id: uuid.UUID | None) 
     else:
         query = query.where(archives.c.restored_at.is_(None)).order_by(archives.c.created_at.desc())
     row = (await op.conn.execute(query.limit(1))).first()
-    if row is None:
+    if row is None and required:
         which = f"archive {archive_id}" if archive_id else "an unrestored archive"
         raise NotFound(f"tenant '{op.tenant.slug}' has no {which} of module '{name}'")
     return row

@@ -328,3 +328,27 @@ async def test_stuck_uninstalling_state_from_a_dead_process_heals(platform, slug
 
 def test_factory_modules_are_importable():
     assert "tests.tenants.factory" in sys.modules
+
+
+async def test_restoring_a_dependent_brings_back_its_cascaded_dependencies_too(platform, slug):
+    tenant = await create_tenant(platform, slug, modules=["recall"])
+    async with platform.db.tenant(tenant.scope) as s:
+        await s.execute(text("insert into people (name, kind) values ('Eva', 'patient')"))
+        await s.execute(
+            text(
+                "insert into recall_reminders (person_id, due_on) "
+                "select id, date '2027-05-05' from people where name = 'Eva'"
+            )
+        )
+    job = await run_job(platform, "lifecycle.uninstall", tenant, module="fx_people", cascade=True)
+    assert job.state == "succeeded", job.error
+    job = await run_job(platform, "lifecycle.restore", tenant, module="recall")
+    assert job.state == "succeeded", job.error
+    async with platform.db.tenant(tenant.scope) as s:
+        rows = (
+            await s.execute(
+                text("select p.name from recall_reminders r join people p on p.id = r.person_id")
+            )
+        ).all()
+    assert [r.name for r in rows] == ["Eva"]
+    assert {s["state"] for s in (await states(platform, tenant)).values()} == {"installed"}
