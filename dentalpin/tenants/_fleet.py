@@ -29,7 +29,7 @@ from ._lifecycle import upgrade
 from ._lineage import lineages
 from ._operations import run_locked
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "platform" / "migrations"
 
 
 def alembic_config() -> Config:

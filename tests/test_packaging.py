@@ -1,0 +1,26 @@
+"""The distribution carries what a plain (non-editable) install needs to migrate."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_wheel_ships_the_platform_migrations_and_the_console_script(tmp_path):
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path), str(ROOT)],
+        check=True, capture_output=True, timeout=300,
+    )
+    wheel = next(tmp_path.glob("dentalpin-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "dentalpin/platform/migrations/env.py" in names
+    assert "dentalpin/platform/migrations/script.py.mako" in names
+    assert "dentalpin/platform/migrations/versions/0001_platform.py" in names
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    text = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "dentalpin = dentalpin.cli:main" in text
