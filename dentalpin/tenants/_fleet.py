@@ -23,7 +23,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from dentalpin.platform._runtime import Platform
 from dentalpin.platform._tables import modules as catalogue
-from dentalpin.platform._tables import tenant_modules
+from dentalpin.platform._tables import tenant_modules, tenants
 
 from ._lifecycle import upgrade
 from ._lineage import lineages
@@ -155,17 +155,16 @@ async def upgrade_fleet(
     """Upgrade every tenant that is behind, `concurrency` at a time, isolating failures."""
     started = time.perf_counter()
     behind = await tenants_behind(platform)
+    slugs = await _slugs(platform, list(behind))
     report = FleetReport(behind=len(behind))
     gate = asyncio.Semaphore(max(1, concurrency))
 
     async def one(tenant_id: uuid.UUID, modules: list[str]) -> None:
         async with gate:
-            slug = str(tenant_id)
+            slug = slugs.get(tenant_id, str(tenant_id))
             try:
 
                 async def work(op: Any) -> None:
-                    nonlocal slug
-                    slug = op.tenant.slug
                     await upgrade(op, modules)
 
                 await run_locked(platform, tenant_id, work)
@@ -183,6 +182,16 @@ async def upgrade_fleet(
     await asyncio.gather(*(one(t, m) for t, m in behind.items()))
     report.seconds = time.perf_counter() - started
     return report
+
+
+async def _slugs(platform: Platform, tenant_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
+    if not tenant_ids:
+        return {}
+    async with platform.db.engine.connect() as conn:
+        rows = await conn.execute(
+            select(tenants.c.id, tenants.c.slug).where(tenants.c.id.in_(tenant_ids))
+        )
+        return {row.id: row.slug for row in rows}
 
 
 async def _record_failure(

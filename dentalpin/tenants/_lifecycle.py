@@ -420,7 +420,13 @@ async def _store_archive(
             path=str(file.path.resolve()),
             sha256=file.sha256,
             size_bytes=file.size_bytes,
-            contents={"tables": {t.name: t.rows for t in data}, "sequences": len(sequences)},
+            # The key's fingerprint stays readable outside the encrypted file, so an operator
+            # can tell which key an archive needs when decryption fails.
+            contents={
+                "tables": {t.name: t.rows for t in data},
+                "sequences": len(sequences),
+                "key": archive_io.fingerprint(key),
+            },
             expires_at=datetime.now(UTC) + timedelta(days=settings.archive_retention_days),
             **columns,
         )

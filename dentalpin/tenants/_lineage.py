@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,7 +35,10 @@ CHANGE_EXTENSION = re.compile(r"\b(drop|alter)\s+extension\b", re.IGNORECASE)
 """Extensions live in the shared `extensions` schema: dropping or altering one from a module's
 revision (run as the schema owner) would change it for every tenant."""
 _lock = threading.Lock()
-_alembic_locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
+_loop_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
+_process_lock = threading.Lock()
 T = TypeVar("T")
 
 
@@ -42,14 +46,21 @@ async def run_alembic(conn: AsyncConnection, fn: Callable[[Connection], T]) -> T
     """Run Alembic-driven work on `conn`, one at a time per process.
 
     Alembic's `op` and `context` are process-global proxies. Two migrations awaiting
-    database I/O in the same event loop would interleave and share them, so the
-    Alembic part is serialised; everything around it (locks, hooks, archives,
-    commits) still runs concurrently.
+    database I/O would interleave and share them, so the Alembic part is serialised:
+    an asyncio lock orders the tasks of one event loop (a thread lock alone would
+    block the loop that holds it), and a thread lock orders event loops running in
+    different threads. Everything around it (locks, hooks, archives, commits) still
+    runs concurrently.
     """
+
+    def exclusive(sync_conn: Connection) -> T:
+        with _process_lock:
+            return fn(sync_conn)
+
     loop = asyncio.get_running_loop()
-    lock = _alembic_locks.setdefault(loop, asyncio.Lock())
+    lock = _loop_locks.setdefault(loop, asyncio.Lock())
     async with lock:
-        return await conn.run_sync(fn)
+        return await conn.run_sync(exclusive)
 
 
 class MigrationError(PlatformError):

@@ -293,7 +293,34 @@ async def _archive_tenant_job(
     async def work(op: Operation) -> dict[str, Any]:
         return await archive_tenant(op)
 
-    return await run_locked(platform, _tenant_of(job), work, rec.log, rec.progress)
+    try:
+        return await run_locked(platform, _tenant_of(job), work, rec.log, rec.progress)
+    except SchemaMissing:
+        return await _retire_without_schema(platform, _tenant_of(job), rec.log)
+
+
+async def _retire_without_schema(
+    platform: Platform, tenant_id: uuid.UUID, log: Log
+) -> dict[str, Any]:
+    """Archive a tenant whose schema was dropped outside the platform: there is nothing to
+    copy, so record it as archived without an archive and remove its role."""
+    async with platform.db.engine.connect() as conn, conn.begin():
+        tenant = await tenant_by_id(conn, tenant_id)
+        await lock_tenant(conn, tenant.id, platform.settings.lifecycle_lock_wait_s)
+        await drop_schema_and_role(conn, tenant.scope)
+        await conn.execute(
+            update(tenant_modules)
+            .where(tenant_modules.c.tenant_id == tenant.id)
+            .values(state="uninstalled", revision=None, owned_objects=[])
+        )
+        await conn.execute(
+            update(tenants)
+            .where(tenants.c.id == tenant.id)
+            .values(status="archived", archived_at=datetime.now(UTC), updated_at=datetime.now(UTC))
+        )
+    note = f"schema {tenant.schema_name} was already gone: nothing to archive; role removed"
+    await log(note)
+    return {"archive_id": None, "tables": {}, "note": note}
 
 
 async def archive_tenant(op: Operation) -> dict[str, Any]:

@@ -110,3 +110,22 @@ async def test_archive_drops_the_schema_and_restore_brings_the_clinic_back(platf
     async with platform.db.engine.connect() as conn:
         assert await describe_schema(conn, restored.schema_name) == picture
         assert (await find_tenant(conn, squatter.slug)).id == squatter.id
+
+
+async def test_a_tenant_whose_schema_vanished_can_still_be_archived(platform):
+    tenant = await create_tenant(platform, unique_slug("vanished"))
+    async with platform.db.engine.begin() as conn:
+        await conn.execute(text(f'drop schema "{tenant.schema_name}" cascade'))
+    job = await submit(platform, "tenant.archive", tenant.id, {})
+    job = await executor_of(platform).wait(platform, job.id)
+    assert job.state == "succeeded", job.error
+    assert job.result["archive_id"] is None
+    assert "nothing to archive" in job.result["note"]
+    async with platform.db.engine.connect() as conn:
+        assert tenant.slug not in [t.slug for t in await all_tenants(conn)]
+        roles = (
+            await conn.execute(
+                text("select count(*) from pg_roles where rolname = :r"), {"r": tenant.db_role}
+            )
+        ).scalar()
+    assert roles == 0
