@@ -8,6 +8,7 @@ tenant's schema is older than the module's code can use).
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -17,6 +18,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
@@ -24,12 +26,15 @@ from dentalpin import __version__
 from dentalpin.platform import Conflict, NotFound, TenantRef
 from dentalpin.platform._db import TenantScope
 from dentalpin.platform._errors import Unavailable
+from dentalpin.platform._http import Forbidden, route_guards
+from dentalpin.platform._middleware import RetryStaleStatements
 from dentalpin.platform._problems import install_problem_handlers
 from dentalpin.platform._runtime import Platform
 from dentalpin.tenants import lineages
 from dentalpin.tenants._fleet import MIGRATIONS_DIR, alembic_config
 
 API_PREFIX = "/api/v1"
+log = logging.getLogger(__name__)
 _HOSTNAME = re.compile(r"[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?")
 
 _RESOLVE = text(
@@ -90,10 +95,22 @@ async def resolve_tenant(request: Request) -> ResolvedTenant | None:
     return resolved
 
 
-def module_gate(name: str) -> Callable[[Request], Coroutine[Any, Any, None]]:
-    """Let a request into module `name`'s routes only if its tenant can use the module."""
+def module_gate(
+    name: str, undeclared: frozenset[Callable[..., Any]] = frozenset()
+) -> Callable[[Request], Coroutine[Any, Any, None]]:
+    """Let a request into module `name`'s routes only if its tenant can use the module.
+
+    `undeclared` holds the endpoints of routes that declare neither a permission nor
+    `public()`: they are refused (403) rather than served without any check.
+    """
 
     async def gate(request: Request) -> None:
+        route = request.scope.get("route")
+        if getattr(route, "endpoint", None) in undeclared:
+            raise Forbidden(
+                f"this route of module '{name}' declares no permission; it stays closed until "
+                "it declares require_permission(...) or public()"
+            )
         resolved = await resolve_tenant(request)
         if resolved is None:
             raise NotFound(f"no clinic is served at host '{host_of(request)}'")
@@ -131,6 +148,8 @@ def create_app(platform: Platform | None = None) -> FastAPI:
         owned = platform is None
         app.state.platform = platform or Platform.create()
         app.state.tenant_resolver = resolve_tenant
+        for q in app.state.platform.registry.quarantined.values():
+            log.warning("module %s is quarantined and not served: %s", q.name, q.reason)
         yield
         if owned:
             await app.state.platform.close()
@@ -143,6 +162,7 @@ def create_app(platform: Platform | None = None) -> FastAPI:
         openapi_url="/api/openapi.json",
     )
     install_problem_handlers(app)
+    app.add_middleware(RetryStaleStatements)
     app.include_router(_health_router())
     registry = platform.registry if platform is not None else None
     _mount_modules(app, registry)
@@ -160,11 +180,21 @@ def _mount_modules(app: FastAPI, registry: Any) -> None:
         router = spec.module.router()
         if router is None:
             continue
+        undeclared = frozenset(
+            route.endpoint
+            for route in router.routes
+            if isinstance(route, APIRoute) and not route_guards(route.dependant)
+        )
+        for endpoint in undeclared:
+            log.error(
+                "module %s: route %s declares no permission and is closed (403)",
+                spec.name, getattr(endpoint, "__name__", endpoint),
+            )
         app.include_router(
             router,
             prefix=f"{API_PREFIX}/{spec.name}",
             tags=[spec.name],
-            dependencies=[Depends(module_gate(spec.name))],
+            dependencies=[Depends(module_gate(spec.name, undeclared))],
         )
 
 

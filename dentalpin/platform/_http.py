@@ -97,6 +97,16 @@ class PublicRoute:
         return None
 
 
+def route_guards(dependant: Any) -> list[PermissionCheck | PublicRoute]:
+    """The permission checks and public markers anywhere in a route's dependency tree."""
+    found: list[PermissionCheck | PublicRoute] = []
+    if isinstance(dependant.call, PermissionCheck | PublicRoute):
+        found.append(dependant.call)
+    for sub in dependant.dependencies:
+        found += route_guards(sub)
+    return found
+
+
 def require_permission(permission: str) -> Any:
     """Dependency for a route that needs `permission` (`<module>.<resource>.<action>`)."""
     return Depends(PermissionCheck(permission))

@@ -107,7 +107,7 @@ class Registry:
                 quarantined[name] = Quarantine(name, reason or "unusable", group[0].distribution)
         _quarantine_unsatisfied(accepted, quarantined)
         for q in quarantined.values():
-            log.warning("module %s quarantined: %s", q.name, q.reason)
+            log.info("module %s quarantined: %s", q.name, q.reason)
         return cls(accepted.values(), quarantined.values())
 
     # Lookup --------------------------------------------------------------------

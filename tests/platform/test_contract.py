@@ -61,7 +61,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from dentalpin.app import create_app
 from dentalpin.platform import Module, Registry, public, require_permission
-from dentalpin.platform._http import PermissionCheck, PublicRoute
+from dentalpin.platform._http import PermissionCheck, route_guards
 from dentalpin.platform._jobs import JobRecord, executor_of, submit
 from dentalpin.platform._registry import ENTRY_POINT_GROUP
 from dentalpin.platform._runtime import Platform
@@ -502,15 +502,6 @@ def test_the_schema_fk_checker_catches_violations() -> None:
 
 
 # 4. Every route declares a permission or is explicitly public ------------------------------
-
-
-def route_guards(dependant: Dependant) -> list[PermissionCheck | PublicRoute]:
-    found: list[PermissionCheck | PublicRoute] = []
-    if isinstance(dependant.call, PermissionCheck | PublicRoute):
-        found.append(dependant.call)
-    for sub in dependant.dependencies:
-        found += route_guards(sub)
-    return found
 
 
 def effective_routes(routes: list[Any]) -> list[Any]:
