@@ -188,7 +188,8 @@ def _mount_modules(app: FastAPI, registry: Any) -> None:
         for endpoint in undeclared:
             log.error(
                 "module %s: route %s declares no permission and is closed (403)",
-                spec.name, getattr(endpoint, "__name__", endpoint),
+                spec.name,
+                getattr(endpoint, "__name__", endpoint),
             )
         app.include_router(
             router,

@@ -47,6 +47,7 @@ def __getattr__(name: str) -> Any:
         return getattr(_http, name)
     raise AttributeError(f"module 'dentalpin.platform' has no attribute '{name}'")
 
+
 __all__ = [
     "NAMING_CONVENTION",
     "Category",

@@ -10,7 +10,7 @@ from ._fleet import (
     tenants_behind,
     upgrade_fleet,
 )
-from ._lifecycle import Operation, UninstallPlan
+from ._lifecycle import ModulesChanged, Operation, UninstallPlan, on_modules_changed
 from ._lineage import Lineage, lineages, lint_lineage, load_lineage
 from ._operations import (
     SchemaMissing,
@@ -26,6 +26,7 @@ __all__ = [
     "Drift",
     "FleetReport",
     "Lineage",
+    "ModulesChanged",
     "Operation",
     "SchemaMissing",
     "TenantRecord",
@@ -41,6 +42,7 @@ __all__ = [
     "migrate_platform",
     "module_heads",
     "module_states",
+    "on_modules_changed",
     "restore_tenant",
     "run_locked",
     "submit_lifecycle",

@@ -39,6 +39,22 @@ async def _quiet(*_args: Any) -> None:
     return None
 
 
+ModulesChanged = Callable[["Operation", dict[str, str]], Awaitable[None]]
+_listeners: list[ModulesChanged] = []
+
+
+def on_modules_changed(listener: ModulesChanged) -> ModulesChanged:
+    """Register `listener(op, {module: "installed" | "uninstalled"})`, called inside the
+    lifecycle transaction after modules changed (tenant roles, pending deliveries...)."""
+    _listeners.append(listener)
+    return listener
+
+
+async def announce(op: Operation, changes: dict[str, str]) -> None:
+    for listener in _listeners:
+        await listener(op, changes)
+
+
 @dataclass
 class Operation:
     """One lifecycle operation on one tenant, inside one open transaction."""
@@ -103,6 +119,7 @@ async def install(op: Operation, names: list[str]) -> list[str]:
         await _hook(op, name, "seed")
         await op.progress((index + 1) / len(plan), f"installed {name}")
         await op.log(f"installed {name} {manifest.version} (revision {revision})")
+    await announce(op, dict.fromkeys(plan, "installed"))
     return plan
 
 
@@ -308,7 +325,7 @@ async def uninstall(
     op: Operation,
     name: str,
     cascade: bool,
-    announce: Callable[[UninstallPlan], Awaitable[None]] | None = None,
+    on_plan: Callable[[UninstallPlan], Awaitable[None]] | None = None,
 ) -> dict[str, Any]:
     """Archive and drop a module (and with `cascade` its dependents) in one transaction.
 
@@ -319,8 +336,8 @@ async def uninstall(
     if plan.vetoes:
         reasons = "; ".join(f"{m}: {r}" for m, r in plan.vetoes.items())
         raise UninstallVeto(f"uninstall refused by the module: {reasons}")
-    if announce is not None:
-        await announce(plan)
+    if on_plan is not None:
+        await on_plan(plan)
     states = await op.states()
     schema = op.tenant.schema_name
     every_table = [t for m in plan.modules for t in plan.tables[m]]
@@ -345,6 +362,7 @@ async def uninstall(
         archived[module] = str(archive_id)
         await op.progress((index + 1) / len(plan.modules), f"uninstalled {module}")
         await op.log(f"uninstalled {module}; archive {archive_id}")
+    await announce(op, dict.fromkeys(plan.modules, "uninstalled"))
     return {"modules": plan.modules, "archives": archived, "tables": plan.tables}
 
 
@@ -494,6 +512,7 @@ async def restore(op: Operation, name: str, archive_id: uuid.UUID | None = None)
         if manifest.version != contents["version"] or (stored_revision != lineage.head)
         else []
     )
+    await announce(op, {name: "installed"})
     await op.log(f"restored {name} from archive {row.id}")
     return {
         "module": name,

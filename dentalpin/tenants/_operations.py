@@ -44,6 +44,7 @@ from ._lifecycle import (
     _raw,
     _save_state,
     _store_archive,
+    announce,
     heal_interrupted,
     install,
     load_module_data,
@@ -228,13 +229,13 @@ async def _uninstall_job(platform: Platform, job: JobRecord, rec: JobRecorder) -
     tenant_id = _tenant_of(job)
     marked: list[str] = []
 
-    async def announce(plan: UninstallPlan) -> None:
+    async def mark_uninstalling(plan: UninstallPlan) -> None:
         # Visible at once (its routes answer 409) while the uninstall transaction runs.
         marked.extend(plan.modules)
         await _set_states(platform, tenant_id, plan.modules, "installed", "uninstalling")
 
     async def work(op: Operation) -> dict[str, Any]:
-        return await uninstall(op, job.params["module"], bool(job.params.get("cascade")), announce)
+        return await uninstall(op, job.params["module"], bool(job.params.get("cascade")), mark_uninstalling)
 
     try:
         return await run_locked(platform, tenant_id, work, rec.log, rec.progress)
@@ -356,6 +357,7 @@ async def archive_tenant(op: Operation) -> dict[str, Any]:
     }
     await _store_archive(op, archive_id, "tenant", contents, data, sequences)
     await op.log(f"archived {len(data)} tables of '{tenant.slug}' into {archive_id}")
+    await announce(op, dict.fromkeys(states, "uninstalled"))
     await drop_schema_and_role(op.conn, tenant.scope)
     await op.conn.execute(
         update(tenant_modules)
@@ -434,6 +436,7 @@ async def restore_tenant(
                 error=None,
             )
         await load_module_data(op, data, sequences)
+        await announce(op, dict.fromkeys(modules, "installed"))
         await upgrade(op)
         await conn.execute(update(tenants).where(tenants.c.id == old.id).values(status="active"))
         await conn.execute(
