@@ -235,7 +235,9 @@ async def _uninstall_job(platform: Platform, job: JobRecord, rec: JobRecorder) -
         await _set_states(platform, tenant_id, plan.modules, "installed", "uninstalling")
 
     async def work(op: Operation) -> dict[str, Any]:
-        return await uninstall(op, job.params["module"], bool(job.params.get("cascade")), mark_uninstalling)
+        return await uninstall(
+            op, job.params["module"], bool(job.params.get("cascade")), mark_uninstalling
+        )
 
     try:
         return await run_locked(platform, tenant_id, work, rec.log, rec.progress)
