@@ -62,10 +62,12 @@ tenants_app = typer.Typer(
 modules_app = typer.Typer(
     help="The module catalogue and per-tenant lifecycle.", no_args_is_help=True
 )
+archives_app = typer.Typer(help="Module and tenant archives: list, prune.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Lifecycle jobs: state, progress and log.", no_args_is_help=True)
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(modules_app, name="modules")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(archives_app, name="archives")
 
 out = Console()
 # Errors stay on one line when piped (no wrapping at 80 columns), so logs and greps keep them whole.
@@ -660,6 +662,64 @@ def _report(job: JobRecord) -> int:
         return 0
     err.print(f"[red]✗ {job.kind} {job.state}:[/red] {escape(job.error or '')}")
     return 1
+
+
+# Archives ----------------------------------------------------------------------------
+
+
+@archives_app.command("list")
+def archives_list(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's archives.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List archives, newest first, with their retention dates."""
+    from dentalpin.tenants._retention import list_archives
+
+    async def go(platform: Platform) -> None:
+        tenant_id = None
+        if tenant:
+            async with platform.db.engine.connect() as conn:
+                tenant_id = (await find_tenant(conn, tenant)).id
+        rows = await list_archives(platform, tenant_id)
+        if as_json:
+            emit_json(rows)
+            return
+        table = Table("id", "tenant", "kind", "module", "created", "expires", "restored")
+        for r in rows:
+            _row(
+                table,
+                r["id"],
+                r["tenant"],
+                r["kind"],
+                r["module"],
+                r["created_at"][:10],
+                r["expires_at"][:10],
+                (r["restored_at"] or "")[:10],
+            )
+        out.print(table)
+
+    run(go)
+
+
+@archives_app.command("prune")
+def archives_prune(
+    dry_run: bool = typer.Option(False, "--dry-run", help="List what would go; delete nothing."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete archives past their retention date (file and record)."""
+    from dentalpin.tenants._retention import prune_archives
+
+    async def go(platform: Platform) -> None:
+        pruned = await prune_archives(platform, dry_run=dry_run)
+        if as_json:
+            emit_json(pruned)
+            return
+        verb = "would delete" if dry_run else "deleted"
+        out.print(f"{verb} {len(pruned)} expired archive(s)")
+        for p in pruned:
+            out.print(f"  {p['id']} (expired {p['expired'][:10]})")
+
+    run(go)
 
 
 # Jobs --------------------------------------------------------------------------------

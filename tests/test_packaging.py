@@ -12,9 +12,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_wheel_ships_the_platform_migrations_and_the_console_script(tmp_path):
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
-         "-w", str(tmp_path), str(ROOT)],
-        check=True, capture_output=True, timeout=300,
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     wheel = next(tmp_path.glob("dentalpin-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())

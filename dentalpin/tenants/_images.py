@@ -1,25 +1,35 @@
-"""DDL images: provisioning a module without running Alembic for every sign-up.
+"""DDL images: migrating a tenant without running Alembic in it.
 
 Running a module's lineage costs Alembic's environment set-up, catalogue probes and
-two round trips per statement (asyncpg prepares everything). The statements
-themselves are the same for every fresh tenant: module revisions are schema-less
-and the version table is unqualified, so the tenant's search path decides where
-everything lands. An image is those statements, captured online once per process
-for (module, head revision, PostgreSQL major version): the lineage runs for real
-in a scratch schema, inside a transaction that is rolled back, with a
-`before_cursor_execute` listener recording what was sent. It is not built from
-`pg_dump` output (which reflects the server's rendering, not the migrations) nor
-from Alembic's offline mode (which cannot see what a revision does at run time).
+two round trips per statement (asyncpg prepares everything), and Alembic work is
+serialised per process (its `op` proxy is global). The statements themselves are
+the same for every tenant that starts from the same place: module revisions are
+schema-less and the version table is unqualified, so the tenant's search path
+decides where everything lands.
 
-An image replays only where the capture's conditions hold again: the module has
-no version table in the tenant yet, the target is its head, and every dependency
-the module has is at the revision it had in the scratch schema. Anywhere else the
-lifecycle runs Alembic as before. The tests compare both paths object for object.
+An image is those statements, captured online once per process for (module, the
+revision it starts from, head revision, PostgreSQL major version): the lineage runs
+for real in a scratch schema, inside a savepoint that is rolled back, with a cursor
+listener recording what was sent. It is not built from `pg_dump` output (the
+server's rendering, not the migrations) nor from Alembic's offline mode (which
+cannot see what a revision does at run time). The start is "nothing" for a fresh
+install (provisioning), or an older revision for a fleet upgrade.
+
+An image replays only where it means exactly what the migrations would do:
+  - the tenant is where the capture started: no version table for a fresh install,
+    or the version table at the start revision; every dependency (with a lineage) at
+    the revision it had in the scratch schema; the target is the head;
+  - the capture read nothing but Alembic's own bookkeeping. A revision that reads
+    (the catalogue, data, `current_schema()`...) may send SQL that depends on the
+    answer, which can differ per tenant, so its module keeps the Alembic path;
+  - no statement names the scratch schema.
+Anything else runs Alembic as before. The tests compare both paths object for object.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import threading
 import weakref
@@ -30,7 +40,7 @@ import asyncpg
 from sqlalchemy import Connection, event, text
 from sqlalchemy.engine.interfaces import DBAPICursor, ExecutionContext
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.sql import Select, visitors
+from sqlalchemy.sql import Insert, Select, visitors
 from sqlalchemy.sql.schema import Table
 
 from dentalpin.platform._runtime import Platform
@@ -41,10 +51,11 @@ _STATE_KEY = "ddl_images"
 _LOCKS_KEY = "ddl_image_locks"
 _CATALOGUE_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
 _SCRATCH_PREFIX = "dp_scratch_"
+_READ = re.compile(r"^\s*(select|with|show|values|table|explain|fetch)\b", re.IGNORECASE)
 _locks_guard = threading.Lock()
 
-ImageKey = tuple[str, str, int]
-"""(module, head revision, PostgreSQL server major version)."""
+ImageKey = tuple[str, str, str, int]
+"""(module, start revision or "" for a fresh install, head revision, server major)."""
 
 
 @dataclass(frozen=True)
@@ -63,9 +74,11 @@ class Statement:
 
 @dataclass(frozen=True)
 class DdlImage:
-    """What a module's migrations send to a fresh schema to bring it to `revision`."""
+    """What a module's migrations send to take a schema from `start` to `revision`."""
 
     module: str
+    start: str | None
+    """None: the module is not installed yet (no version table)."""
     revision: str
     server_major: int
     statements: tuple[Statement, ...]
@@ -79,13 +92,12 @@ class DdlImage:
         round trip), or None when a statement has bound parameters."""
         if any(s.bound for s in self.statements):
             return None
-        # A newline before each ';' so a statement ending in a `--` comment stays closed.
-        return "\n;\n".join(s.sql.strip().rstrip(";") for s in self.statements)
+        return _join(s.sql for s in self.statements)
 
     async def replay(self, conn: AsyncConnection) -> None:
         """Execute the image in `conn`'s open transaction (its search path decides where)."""
         for statement in self.statements:
-            # Defence in depth: capture ran under `refuse_create_extension` already.
+            # Defence in depth: the capture ran under `refuse_create_extension` already.
             if CREATE_EXTENSION.search(statement.sql):
                 raise MigrationError(
                     f"module '{self.module}' ran CREATE EXTENSION in a revision; declare the "
@@ -97,7 +109,7 @@ class DdlImage:
 
         async def flush() -> None:
             if pending:
-                await raw.execute("\n;\n".join(pending))
+                await raw.execute(_join(pending))
                 pending.clear()
 
         for statement in self.statements:
@@ -108,13 +120,19 @@ class DdlImage:
                 await flush()
                 await raw.execute(statement.sql, *statement.parameters)
             else:
-                pending.append(statement.sql.strip().rstrip(";"))
+                pending.append(statement.sql)
         await flush()
+
+
+def _join(statements: Any) -> str:
+    # A newline before each ';' so a statement ending in a `--` comment stays closed.
+    return "\n;\n".join(str(s).strip().rstrip(";") for s in statements)
 
 
 @dataclass(frozen=True)
 class Unusable:
-    """A module whose image must not be used in this process, and why."""
+    """A module (from a start revision) whose image is not used in this process, and why.
+    Cached like an image: capturing again would give the same answer."""
 
     reason: str
 
@@ -130,7 +148,8 @@ def server_major(conn: AsyncConnection | Connection) -> int:
     return int(info[0])
 
 
-def _cache(platform: Platform) -> dict[ImageKey, DdlImage | Unusable]:
+def cached(platform: Platform) -> dict[ImageKey, DdlImage | Unusable]:
+    """This process's images (and refusals), by key."""
     cache: dict[ImageKey, DdlImage | Unusable] = platform.state.setdefault(_STATE_KEY, {})
     return cache
 
@@ -158,46 +177,54 @@ def dependencies(platform: Platform, module: str) -> list[str]:
     ]
 
 
-async def image_for(platform: Platform, conn: AsyncConnection, module: str) -> DdlImage | None:
-    """The module's image at its head for this server version, captured on first use
-    (in a savepoint of `conn`'s open transaction, which must not be in a failed state)."""
+async def image_for(
+    platform: Platform, conn: AsyncConnection, module: str, start: str | None = None
+) -> DdlImage | Unusable | None:
+    """The module's image from `start` to its head on this server, captured on first use
+    in a savepoint of `conn`'s open transaction (which must not be in a failed state).
+    None: the module has no lineage."""
     lineage = lineages(platform.registry, platform.state)[module]
     head = lineage.head
     if head is None:
         return None
-    key: ImageKey = (module, head, server_major(conn))
-    cache = _cache(platform)
+    key: ImageKey = (module, start or "", head, server_major(conn))
+    cache = cached(platform)
     found = cache.get(key)
     if found is None:
         async with _lock_for(platform, key):
             # Another task may have captured it while this one waited.
             found = cache.get(key)
             if found is None:
-                found = await _capture(platform, conn, lineage)
-                if found is not None:
-                    cache[key] = found
-    return found if isinstance(found, DdlImage) else None
+                found = cache[key] = await _capture(platform, conn, lineage, start)
+    return found
 
 
 async def _capture(
-    platform: Platform, conn: AsyncConnection, lineage: Lineage
-) -> DdlImage | Unusable | None:
-    """Run the lineage in a scratch schema and record it; None: failed, try again later.
+    platform: Platform, conn: AsyncConnection, lineage: Lineage, start: str | None
+) -> DdlImage | Unusable:
+    """Run the lineage in a scratch schema and record what it sends.
 
     The scratch work happens in a savepoint of the caller's transaction, rolled back
     afterwards: no second connection is needed (a burst of sign-ups waiting for the
     first capture could otherwise exhaust the pool), and the rollback also restores
-    the caller's transaction-local search path and lock timeout.
+    the caller's transaction-local search path.
     """
     every = lineages(platform.registry, platform.state)
     deps = dependencies(platform, lineage.module)
     # Random, and unlike anything a revision would write, so a leak is unmistakable.
     scratch = f"{_SCRATCH_PREFIX}{secrets.token_hex(8)}"
 
-    def run(sync: Connection) -> tuple[list[Statement], dict[str, str | None], str]:
+    def run(sync: Connection) -> tuple[_Recording, dict[str, str | None], str | None]:
         requires = {name: every[name].upgrade(sync) for name in deps}
-        statements, revision = _record(sync, lineage)
-        return statements, requires, revision
+        if start is not None:
+            lineage.upgrade(sync, start)
+        recording = _Recording(lineage)
+        event.listen(sync, "after_cursor_execute", recording.listener)
+        try:
+            revision = lineage.upgrade(sync)
+        finally:
+            event.remove(sync, "after_cursor_execute", recording.listener)
+        return recording, requires, revision
 
     try:
         savepoint = await conn.begin_nested()
@@ -207,78 +234,89 @@ async def _capture(
                 text("select set_config('search_path', :path, true)"),
                 {"path": f'"{scratch}", extensions'},
             )
-            statements, requires, revision = await run_alembic(conn, run)
+            recording, requires, revision = await run_alembic(conn, run)
         finally:
             await savepoint.rollback()
-    except MigrationError as exc:
-        # Deterministic (a revision ran CREATE EXTENSION...): the Alembic path will say so
-        # in the tenant's own operation; don't capture again in this process.
-        return Unusable(str(exc))
-    except Exception:
-        # Transient (a lock timeout...) or a migration that also fails in the tenant, where
-        # the Alembic path reports it properly. Not cached: a later install tries again.
-        return None
-    leak = _leak(statements, scratch)
-    if leak is not None:
-        return Unusable(f"a revision wrote the scratch schema's name into its SQL: {leak[:200]}")
-    return DdlImage(lineage.module, revision, server_major(conn), tuple(statements), requires)
+    except Exception as exc:
+        # The revisions fail here (CREATE EXTENSION, a bug, a start the lineage does not
+        # know...): the Alembic path will fail in the tenant's operation and say why.
+        return Unusable(f"capture failed: {type(exc).__name__}: {exc}"[:500])
+    if recording.reads:
+        return Unusable(
+            "a revision reads the database, so its SQL may depend on the answer: "
+            f"{recording.reads[0][:200]}"
+        )
+    for statement in recording.statements:
+        sent = [statement.sql, repr(statement.parameters), repr(statement.many)]
+        if any(scratch in s.lower() for s in sent):
+            return Unusable(f"a revision wrote the scratch schema's name: {statement.sql[:200]}")
+    if revision is None:
+        return Unusable("the lineage ended without a revision")
+    return DdlImage(
+        lineage.module,
+        start,
+        revision,
+        server_major(conn),
+        tuple(recording.statements),
+        requires,
+    )
 
 
-def _record(sync: Connection, lineage: Lineage) -> tuple[list[Statement], str]:
-    recorded: list[Statement] = []
+class _Recording:
+    """What a lineage sends: statements to replay, Alembic's bookkeeping reads (skipped),
+    and any other read (which makes the image unusable)."""
+
+    def __init__(self, lineage: Lineage) -> None:
+        self.version_table = lineage.version_table
+        self.statements: list[Statement] = []
+        self.reads: list[str] = []
 
     def listener(
+        self,
         _conn: Connection,
-        _cursor: DBAPICursor,
+        cursor: DBAPICursor,
         statement: str,
         parameters: Any,
         context: ExecutionContext | None,
         executemany: bool,
     ) -> None:
-        if _is_catalogue_read(context) or _is_version_read(statement, lineage):
+        compiled = getattr(context, "compiled", None)
+        construct = getattr(compiled, "statement", None)
+        returns_rows = cursor.description is not None or bool(_READ.match(statement))
+        if returns_rows and self._bookkeeping(construct, statement, parameters):
+            return
+        if returns_rows and not self._version_write(construct):
+            self.reads.append(statement)
             return
         if executemany:
-            recorded.append(Statement(statement, many=[tuple(p) for p in parameters]))
+            self.statements.append(Statement(statement, many=[tuple(p) for p in parameters]))
         else:
-            recorded.append(Statement(statement, tuple(parameters) if parameters else None))
+            self.statements.append(Statement(statement, tuple(parameters) if parameters else None))
 
-    event.listen(sync, "before_cursor_execute", listener)
-    try:
-        revision = lineage.upgrade(sync)
-    finally:
-        event.remove(sync, "before_cursor_execute", listener)
-    if revision is None:
-        raise MigrationError(f"module '{lineage.module}' has no revision to capture")
-    return recorded, revision
+    def _bookkeeping(self, construct: Any, statement: str, parameters: Any) -> bool:
+        """Alembic's and `Lineage.current`'s reads of the version table and of whether it
+        exists. Replay checks their answers up front (the tenant is at the start)."""
+        if statement.strip() == f"select version_num from {self.version_table}":
+            return True
+        if not isinstance(construct, Select):
+            return False
+        tables = {t for t in visitors.iterate(construct) if isinstance(t, Table)}
+        if tables and all(t.name == self.version_table and t.schema is None for t in tables):
+            return True
+        return (
+            bool(tables)
+            and all(t.schema in _CATALOGUE_SCHEMAS for t in tables)
+            and self.version_table in (parameters or ())
+        )
 
-
-def _is_catalogue_read(context: ExecutionContext | None) -> bool:
-    """SQLAlchemy's reflection (Alembic's `has_table` probes): a Core SELECT over catalogue
-    tables only. Its answer in a fresh schema is the same as in the scratch schema, and it
-    changes nothing, so replay can skip it. Text SELECTs a revision runs are kept: they may
-    have effects (`select setval(...)`)."""
-    compiled = getattr(context, "compiled", None)
-    statement = getattr(compiled, "statement", None)
-    if not isinstance(statement, Select):
-        return False
-    tables = [e for e in visitors.iterate(statement) if isinstance(e, Table)]
-    return bool(tables) and all(t.schema in _CATALOGUE_SCHEMAS for t in tables)
-
-
-def _is_version_read(statement: str, lineage: Lineage) -> bool:
-    """`Lineage.current` reading the revision back after the upgrade."""
-    return statement.strip() == f"select version_num from {lineage.version_table}"
+    def _version_write(self, construct: Any) -> bool:
+        """Alembic's INSERT of the first revision (SQLAlchemy adds RETURNING to it)."""
+        return isinstance(construct, Insert) and getattr(construct.table, "name", None) == (
+            self.version_table
+        )
 
 
-def _leak(statements: list[Statement], scratch: str) -> str | None:
-    for statement in statements:
-        texts = [statement.sql, repr(statement.parameters), repr(statement.many)]
-        if any(scratch in t.lower() for t in texts):
-            return statement.sql
-    return None
-
-
-async def install_from_image(
+async def migrate_from_image(
     platform: Platform,
     conn: AsyncConnection,
     lineage: Lineage,
@@ -286,40 +324,80 @@ async def install_from_image(
     target: str | None,
     before: set[str],
 ) -> str | None:
-    """Bring a module from nothing to head by replaying its image, when that is exactly
-    what its migrations would do here. Return the revision, or None: run Alembic instead."""
+    """Bring a module to its head by replaying an image, when that is exactly what its
+    migrations would do here. Return the revision, or None: run Alembic instead.
+
+    `before` is the schema's `owned_objects`: which version tables exist is read from it.
+    """
     if not enabled(platform) or lineage.script is None:
         return None
     head = lineage.head
     if head is None or (target is not None and target != head):
         return None
-    if f"table:{lineage.version_table}" in before:
-        return None  # already (partly) installed: pending revisions depend on its state
-    image = await image_for(platform, conn, lineage.module)
-    if image is None or not await _dependencies_match(conn, schema, image, before):
+    every = lineages(platform.registry, platform.state)
+    deps = dependencies(platform, lineage.module)
+    versions = await _versions(conn, schema, [lineage, *(every[d] for d in deps)], before)
+    if versions is None:
+        return None
+    start = versions[lineage.module]
+    if start == head:
+        return head  # nothing pending: Alembic would send nothing either
+    if start is not None and not _known_ancestor(lineage, start, head):
+        return None  # Alembic will explain what is wrong with this revision
+    if not _requirements_met(platform, lineage, start, versions):
+        return None  # Alembic's requirement check will name the missing revision
+    image = await image_for(platform, conn, lineage.module, start)
+    if not isinstance(image, DdlImage):
+        return None
+    if image.requires != {d: versions[d] for d in deps}:
         return None
     await image.replay(conn)
     return image.revision
 
 
-async def _dependencies_match(
-    conn: AsyncConnection, schema: str, image: DdlImage, before: set[str]
-) -> bool:
-    """Whether every dependency is at the revision it had when the image was captured."""
-    if not image.requires:
-        return True
-    tables = {name: f"alembic_version_{name}" for name in image.requires}
-    if any(f"table:{table}" not in before for table in tables.values()):
-        return False
+async def _versions(
+    conn: AsyncConnection, schema: str, of: list[Lineage], before: set[str]
+) -> dict[str, str | None] | None:
+    """Each lineage's revision in the tenant (None: no version table), in one round trip;
+    None when a version table holds other than exactly one row (Alembic's business)."""
+    versions: dict[str, str | None] = {lin.module: None for lin in of}
+    present = [lin for lin in of if f"table:{lin.version_table}" in before]
+    if not present:
+        return versions
     quoted = schema.replace('"', '""')
     union = " union all ".join(
-        f"select '{name}' as module, version_num from \"{quoted}\".{table}"
-        for name, table in tables.items()
+        f"select '{lin.module}' as module, version_num from \"{quoted}\".{lin.version_table}"
+        for lin in present
     )
-    rows = await conn.execute(text(union))
-    found: dict[str, str | None] = {}
-    for module, version in rows:
-        if module in found:
-            return False  # several rows: not a state Alembic would leave
-        found[module] = version
-    return found == image.requires
+    seen: set[str] = set()
+    for module, version in await conn.execute(text(union)):
+        if module in seen:
+            return None
+        seen.add(module)
+        versions[module] = version
+    if len(seen) != len(present):
+        return None
+    return versions
+
+
+def _known_ancestor(lineage: Lineage, start: str, head: str) -> bool:
+    assert lineage.script is not None
+    try:
+        return any(s.revision == start for s in lineage.script.iterate_revisions(head, "base"))
+    except Exception:
+        return False
+
+
+def _requirements_met(
+    platform: Platform, lineage: Lineage, start: str | None, versions: dict[str, str | None]
+) -> bool:
+    """`dentalpin_requires` of the pending revisions, against the versions already read."""
+    every = lineages(platform.registry, platform.state)
+    for script in lineage.pending(start):
+        for other, revision in lineage.requires(script).items():
+            other_lineage = every.get(other)
+            if other_lineage is None or other not in versions:
+                return False
+            if not other_lineage.is_at_or_after(versions[other], revision):
+                return False
+    return True

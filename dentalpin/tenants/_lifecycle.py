@@ -27,7 +27,7 @@ from dentalpin.platform._tables import archives, tenant_modules
 
 from . import _archive as archive_io
 from ._catalogue import TenantRecord, module_states
-from ._images import install_from_image
+from ._images import migrate_from_image
 from ._introspect import owned_objects, tables_in_load_order
 from ._lineage import Lineage, MigrationError, lineages, run_alembic
 
@@ -153,9 +153,9 @@ async def _migrate(
     before = await owned_objects(op.conn, schema)
     requires_ok = _requirements_checker(op, lineage, target)
     try:
-        # A fresh install to head replays the module's DDL image where that is exactly what
-        # its revisions would do (same statements, one round trip); otherwise run Alembic.
-        revision = await install_from_image(op.platform, op.conn, lineage, schema, target, before)
+        # To head, replay the module's DDL image (from nothing, or from the tenant's revision)
+        # where that is exactly what its revisions would do here; otherwise run Alembic.
+        revision = await migrate_from_image(op.platform, op.conn, lineage, schema, target, before)
         if revision is None:
             revision = await run_alembic(
                 op.conn, lambda c: (requires_ok(c), lineage.upgrade(c, target))[1]

@@ -69,8 +69,8 @@ async def test_a_request_hit_by_another_process_ddl_is_run_again(platform, tmp_p
     base = platform_with(platform, module)
     # One pooled connection, so the second request reuses the first one's cached statement.
     p = Platform(
-        base.settings, Database(base.db.url, base.settings.model_copy(update={"pool_size": 1,
-                                                                              "max_overflow": 0})),
+        base.settings,
+        Database(base.db.url, base.settings.model_copy(update={"pool_size": 1, "max_overflow": 0})),
         base.registry,
     )
     other = create_async_engine(p.db.url)

@@ -1,4 +1,5 @@
-"""DDL images: a tenant provisioned by replaying images is the tenant the migrations make."""
+"""DDL images: a tenant provisioned or upgraded by replaying images is the tenant the
+migrations make, and a module whose revisions an image cannot stand for keeps Alembic."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from dentalpin.platform._db import Database
 from dentalpin.platform._registry import Registry
 from dentalpin.platform._runtime import Platform
 from dentalpin.tenants import TenantRecord, create_tenant, module_states, run_locked
-from dentalpin.tenants._images import DdlImage, image_for
+from dentalpin.tenants._images import DdlImage, Unusable, cached, image_for
 from dentalpin.tenants._introspect import describe_schema
 from dentalpin.tenants._lifecycle import Operation, install, restore, uninstall, upgrade
 from dentalpin.tenants._lineage import Lineage, MigrationError, lineages
@@ -67,9 +68,17 @@ async def _picture(platform: Platform, tenant: TenantRecord) -> dict[str, Any]:
     }
 
 
-def _images(platform: Platform) -> dict[str, DdlImage]:
-    cache = platform.state.get("ddl_images", {})
-    return {key[0]: image for key, image in cache.items() if isinstance(image, DdlImage)}
+def _images(platform: Platform, start: str = "") -> dict[str, DdlImage]:
+    """Images in use, by module: fresh installs by default, else upgrades from `start`."""
+    return {
+        key[0]: image
+        for key, image in cached(platform).items()
+        if key[1] == start and isinstance(image, DdlImage)
+    }
+
+
+def _refusals(platform: Platform) -> dict[str, str]:
+    return {key[0]: v.reason for key, v in cached(platform).items() if isinstance(v, Unusable)}
 
 
 async def test_image_and_migrations_provision_identical_tenants(
@@ -109,7 +118,7 @@ async def test_captured_images_never_name_the_scratch_schema(platform: Platform)
     async with platform.db.engine.connect() as conn, conn.begin():
         for name in [*platform.registry.auto_install(), *MODULES]:
             image = await image_for(platform, conn, name)
-            assert image is not None
+            assert isinstance(image, DdlImage)
             assert image.statements
             for statement in image.statements:
                 assert "dp_scratch_" not in statement.sql.lower()
@@ -125,9 +134,9 @@ async def test_captured_images_never_name_the_scratch_schema(platform: Platform)
         assert "dp_scratch" not in path
 
 
-# A module of the test's own, with a lineage in a temporary directory -------------------
+# Modules of the tests' own, with lineages in a temporary directory ----------------------
 
-REV_1 = '''
+NOTES_1 = '''
     """notes
 
     Revision ID: nt_0001
@@ -150,18 +159,14 @@ REV_1 = '''
             sa.Column("person_id", sa.Integer, sa.ForeignKey("people.id"), nullable=False),
             sa.Column("body", sa.Text, nullable=False),
         )
-        op.bulk_insert(
-            sa.table("nt_notes", sa.column("person_id"), sa.column("body")),
-            [],
-        )
 
 
     def downgrade() -> None:
         op.drop_table("nt_notes")
 '''
 
-REV_2 = '''
-    """notes.pinned, an index and a tags table
+NOTES_2 = '''
+    """notes.pinned, an index, a tags table and a backfill in SQL
 
     Revision ID: nt_0002
     Revises: nt_0001
@@ -179,12 +184,39 @@ REV_2 = '''
         op.add_column("nt_notes", sa.Column("pinned", sa.Boolean, server_default=sa.false()))
         op.create_index("ix_nt_notes_pinned", "nt_notes", ["pinned"])
         op.create_table("nt_tags", sa.Column("tag", sa.Text, primary_key=True))
+        op.execute("update nt_notes set pinned = true where body like 'pin%'")
 
 
     def downgrade() -> None:
         op.drop_table("nt_tags")
         op.drop_index("ix_nt_notes_pinned", table_name="nt_notes")
         op.drop_column("nt_notes", "pinned")
+'''
+
+NOTES_3 = '''
+    """a data migration that decides in Python from what it reads
+
+    Revision ID: nt_0003
+    Revises: nt_0002
+    """
+    import sqlalchemy as sa
+    from alembic import op
+
+    revision = "nt_0003"
+    down_revision = "nt_0002"
+    branch_labels = None
+    depends_on = None
+
+
+    def upgrade() -> None:
+        op.add_column("nt_notes", sa.Column("words", sa.Integer))
+        rows = op.get_bind().execute(sa.text("select id, body from nt_notes")).all()
+        for row in rows:
+            op.execute(f"update nt_notes set words = {len(row.body.split())} where id = {row.id}")
+
+
+    def downgrade() -> None:
+        op.drop_column("nt_notes", "words")
 '''
 
 
@@ -217,103 +249,167 @@ def _write(migrations: Path, name: str, source: str) -> None:
     (migrations / "versions" / name).write_text(textwrap.dedent(source), encoding="utf-8")
 
 
-def _platform_with(platform: Platform, *classes: type[Module]) -> Platform:
-    """The same database, with the discovered modules plus `classes`, lineages reloaded."""
-    discovered = [spec.module for spec in platform.registry]
-    registry = Registry.from_classes([*(type(m) for m in discovered), *classes])
-    return Platform(platform.settings, Database.from_settings(platform.settings), registry)
+def _platform_with(platform: Platform, *classes: type[Module], images: bool = True) -> Platform:
+    """The same database, with the discovered modules plus `classes`, lineages loaded
+    afresh (as a new process would)."""
+    registry = Registry.from_classes([*(type(s.module) for s in platform.registry), *classes])
+    settings = platform.settings.model_copy(update={"provision_with_ddl_images": images})
+    return Platform(settings, Database.from_settings(settings), registry)
 
 
 async def _run(platform: Platform, tenant: TenantRecord, work: Any) -> Any:
     return await run_locked(platform, tenant.id, work)
 
 
-async def test_image_installed_module_upgrades_uninstalls_and_restores(
+async def _install(platform: Platform, tenant: TenantRecord, name: str) -> list[str]:
+    async def work(op: Operation) -> list[str]:
+        return await install(op, [name])
+
+    return list(await _run(platform, tenant, work))
+
+
+async def _upgrade(platform: Platform, tenant: TenantRecord) -> list[dict[str, Any]]:
+    async def work(op: Operation) -> list[dict[str, Any]]:
+        return await upgrade(op)
+
+    return list(await _run(platform, tenant, work))
+
+
+async def _notes(platform: Platform, tenant: TenantRecord, columns: str) -> list[tuple[Any, ...]]:
+    async with platform.db.engine.connect() as conn:
+        rows = await conn.execute(
+            text(f'select {columns} from "{tenant.schema_name}".nt_notes order by id')
+        )
+        return [tuple(r) for r in rows]
+
+
+async def _add_notes(platform: Platform, tenant: TenantRecord, *bodies: str) -> None:
+    async with platform.db.engine.begin() as conn:
+        for body in bodies:
+            await conn.execute(
+                text(
+                    f'insert into "{tenant.schema_name}".nt_notes (person_id, body) '
+                    f'select min(id), :body from "{tenant.schema_name}".people'
+                ),
+                {"body": body},
+            )
+
+
+async def test_upgrade_images_match_alembic_and_lifecycle_continues(
     fresh_platform: Platform, tmp_path: Path
 ) -> None:
     migrations = tmp_path / "nt_migrations"
     notes = _module("nt_notes", migrations, depends={"fx_people": ">=1.0"})
-    _write(migrations, "nt_0001_notes.py", REV_1)
-    first = _platform_with(fresh_platform, notes)
-    second = None
+    _write(migrations, "nt_0001_notes.py", NOTES_1)
+    release_1 = _platform_with(fresh_platform, notes)
+    opened = [release_1]
     try:
-        tenant = await create_tenant(first, unique_slug("notes"))
+        imaged = await create_tenant(release_1, unique_slug("img"))
+        migrated = await create_tenant(release_1, unique_slug("alembic"))
+        for tenant in (imaged, migrated):
+            assert await _install(release_1, tenant, "nt_notes") == ["nt_notes"]
+            await _add_notes(release_1, tenant, "pin this one", "plain note here")
+        assert "nt_notes" in _images(release_1)
 
-        async def add(op: Operation) -> list[str]:
-            return await install(op, ["nt_notes"])
+        # A new release: one more revision; new processes load the lineage again.
+        _write(migrations, "nt_0002_pinned.py", NOTES_2)
+        release_2 = _platform_with(fresh_platform, notes)
+        release_2_plain = _platform_with(fresh_platform, notes, images=False)
+        opened += [release_2, release_2_plain]
+        done = await _upgrade(release_2, imaged)
+        assert [(d["module"], d["from"], d["to"]) for d in done] == [
+            ("nt_notes", "nt_0001", "nt_0002")
+        ]
+        assert "nt_notes" in _images(release_2, start="nt_0001"), "no upgrade image was used"
+        await _upgrade(release_2_plain, migrated)
+        assert not cached(release_2_plain)
 
-        assert await _run(first, tenant, add) == ["nt_notes"]
-        assert "nt_notes" in _images(first)
-        async with first.db.engine.begin() as conn:
-            await conn.execute(
-                text(
-                    f'insert into "{tenant.schema_name}".nt_notes (person_id, body) '
-                    f"select id, 'hello' from \"{tenant.schema_name}\".people"
-                )
-            )
+        a, b = await _picture(release_2, imaged), await _picture(release_2, migrated)
+        assert a == b
+        assert a["modules"]["nt_notes"]["revision"] == "nt_0002"
+        assert {"table:nt_notes", "table:nt_tags"} <= set(a["modules"]["nt_notes"]["owned_objects"])
+        # The SQL backfill ran against each tenant's own rows.
+        for tenant in (imaged, migrated):
+            assert await _notes(release_2, tenant, "body, pinned") == [
+                ("pin this one", True),
+                ("plain note here", False),
+            ]
 
-        # A new release: one more revision; a new process loads the lineage again.
-        _write(migrations, "nt_0002_pinned.py", REV_2)
-        second = _platform_with(fresh_platform, notes)
+        # Provisioned afresh at the new head through the image: the same schema again.
+        fresh = await create_tenant(release_2, unique_slug("fresh"), modules=["nt_notes"])
+        assert (await _picture(release_2, fresh))["schema"] == a["schema"]
 
-        async def up(op: Operation) -> list[dict[str, Any]]:
-            return await upgrade(op, ["nt_notes"])
-
-        done = await _run(second, tenant, up)
-        assert [(d["from"], d["to"]) for d in done] == [("nt_0001", "nt_0002")]
-        async with second.db.engine.connect() as conn:
-            state = (await module_states(conn, tenant.id))["nt_notes"]
-        assert state["revision"] == "nt_0002"
-        assert {"table:nt_notes", "table:nt_tags", "table:alembic_version_nt_notes"} <= set(
-            state["owned_objects"]
-        )
-
-        # A tenant provisioned afresh at the new head, through the image, matches the
-        # upgraded one object for object.
-        fresh = await create_tenant(second, unique_slug("notes2"), modules=["nt_notes"])
-        upgraded_picture = await _picture(second, tenant)
-        fresh_picture = await _picture(second, fresh)
-        assert upgraded_picture["schema"] == fresh_picture["schema"]
-        assert (
-            upgraded_picture["modules"]["nt_notes"]["revision"]
-            == fresh_picture["modules"]["nt_notes"]["revision"]
-        )
-
+        # Uninstall (archived) and restore, on the tenant the images made.
         async def drop(op: Operation) -> dict[str, Any]:
             return await uninstall(op, "nt_notes", cascade=False)
 
-        before_restore = await _picture(second, tenant)
-        result = await _run(second, tenant, drop)
-        assert result["tables"]["nt_notes"] == {"nt_notes": 1, "nt_tags": 0}
-        async with second.db.engine.connect() as conn:
-            left = await describe_schema(conn, tenant.schema_name)
+        result = await _run(release_2, imaged, drop)
+        assert result["tables"]["nt_notes"] == {"nt_notes": 2, "nt_tags": 0}
+        async with release_2.db.engine.connect() as conn:
+            left = await describe_schema(conn, imaged.schema_name)
         assert not any("nt_" in row for rows in left.values() for row in rows)
 
         async def back(op: Operation) -> dict[str, Any]:
             return await restore(op, "nt_notes")
 
-        restored = await _run(second, tenant, back)
-        assert restored["rows"] == {"nt_notes": 1, "nt_tags": 0}
-        after_restore = await _picture(second, tenant)
-        assert after_restore["schema"] == before_restore["schema"]
-        assert after_restore["modules"]["nt_notes"]["revision"] == "nt_0002"
-        assert sorted(after_restore["modules"]["nt_notes"]["owned_objects"]) == sorted(
-            before_restore["modules"]["nt_notes"]["owned_objects"]
+        restored = await _run(release_2, imaged, back)
+        assert restored["rows"] == {"nt_notes": 2, "nt_tags": 0}
+        after = await _picture(release_2, imaged)
+        assert after["schema"] == a["schema"]
+        assert after["modules"]["nt_notes"]["revision"] == "nt_0002"
+        assert sorted(after["modules"]["nt_notes"]["owned_objects"]) == sorted(
+            a["modules"]["nt_notes"]["owned_objects"]
         )
     finally:
-        await first.close()
-        if second is not None:
-            await second.close()
+        for platform in opened:
+            await platform.close()
 
 
-LEAKY = '''
-    """a revision that writes the schema it runs in into its SQL
+async def test_a_revision_that_reads_keeps_the_alembic_path(
+    fresh_platform: Platform, tmp_path: Path
+) -> None:
+    migrations = tmp_path / "nt_migrations"
+    notes = _module("nt_notes", migrations, depends={"fx_people": ">=1.0"})
+    _write(migrations, "nt_0001_notes.py", NOTES_1)
+    _write(migrations, "nt_0002_pinned.py", NOTES_2)
+    release_1 = _platform_with(fresh_platform, notes)
+    opened = [release_1]
+    try:
+        tenants = []
+        for body in ("one", "two words", "and three words"):
+            tenant = await create_tenant(release_1, unique_slug("reads"), modules=["nt_notes"])
+            await _add_notes(release_1, tenant, body)
+            tenants.append(tenant)
+
+        _write(migrations, "nt_0003_words.py", NOTES_3)
+        release_2 = _platform_with(fresh_platform, notes)
+        opened.append(release_2)
+        for tenant in tenants:
+            await _upgrade(release_2, tenant)
+        # Captured once, refused (it decides in Python from what it reads), not retried.
+        assert "reads the database" in _refusals(release_2)["nt_notes"]
+        assert "nt_notes" not in _images(release_2, start="nt_0002")
+        counts = [await _notes(release_2, t, "words") for t in tenants]
+        assert counts == [[(1,)], [(2,)], [(3,)]]
+        # A fresh install of the same release (which reads an empty table) is refused too.
+        fresh = await create_tenant(release_2, unique_slug("reads"), modules=["nt_notes"])
+        async with release_2.db.engine.connect() as conn:
+            states = await module_states(conn, fresh.id)
+        assert states["nt_notes"]["revision"] == "nt_0003"
+    finally:
+        for platform in opened:
+            await platform.close()
+
+
+SNEAKY = '''
+    """a revision that reads behind SQLAlchemy's back and writes its schema into its SQL
 
     Revision ID: lk_0001
     Revises:
     """
     import sqlalchemy as sa
     from alembic import op
+    from sqlalchemy.util import await_only
 
     revision = "lk_0001"
     down_revision = None
@@ -322,7 +418,8 @@ LEAKY = '''
 
 
     def upgrade() -> None:
-        schema = op.get_bind().execute(sa.text("select current_schema()")).scalar()
+        raw = op.get_bind().connection.driver_connection
+        schema = await_only(raw.fetchval("select current_schema()"))
         op.create_table("lk_items", sa.Column("id", sa.Integer, primary_key=True))
         op.execute(f"comment on table lk_items is 'made in {schema}'")
 
@@ -354,21 +451,16 @@ EXTENSION = '''
 '''
 
 
-async def test_a_leaking_revision_falls_back_to_alembic(
+async def test_a_revision_naming_the_scratch_schema_keeps_the_alembic_path(
     fresh_platform: Platform, tmp_path: Path
 ) -> None:
     migrations = tmp_path / "lk_migrations"
     leaky = _module("lk_leaky", migrations)
-    _write(migrations, "lk_0001.py", LEAKY)
+    _write(migrations, "lk_0001.py", SNEAKY)
     platform = _platform_with(fresh_platform, leaky)
     try:
         tenant = await create_tenant(platform, unique_slug("leak"), modules=["lk_leaky"])
-        reasons = [
-            getattr(v, "reason", "")
-            for k, v in platform.state["ddl_images"].items()
-            if k[0] == "lk_leaky"
-        ]
-        assert reasons and "scratch schema" in reasons[0]
+        assert "scratch schema" in _refusals(platform)["lk_leaky"]
         async with platform.db.engine.connect() as conn:
             comment = (
                 await conn.execute(
@@ -383,7 +475,7 @@ async def test_a_leaking_revision_falls_back_to_alembic(
         await platform.close()
 
 
-async def test_create_extension_is_refused_on_the_image_path(
+async def test_create_extension_is_refused_with_images_on(
     fresh_platform: Platform, tmp_path: Path
 ) -> None:
     migrations = tmp_path / "ex_migrations"
@@ -393,7 +485,7 @@ async def test_create_extension_is_refused_on_the_image_path(
     try:
         with pytest.raises(MigrationError, match="CREATE EXTENSION"):
             await create_tenant(platform, unique_slug("ext"), modules=["ex_ext"])
-        assert not _images(platform).get("ex_ext")
+        assert "CREATE EXTENSION" in _refusals(platform)["ex_ext"]
     finally:
         await platform.close()
 
@@ -439,13 +531,14 @@ async def test_statements_with_bound_parameters_replay(
     seeded = _module("sd_seeded", migrations)
     _write(migrations, "sd_0001.py", SEEDED)
     platform = _platform_with(fresh_platform, seeded)
-    plain = _without_images(platform)
+    plain = _platform_with(fresh_platform, seeded, images=False)
     try:
         imaged = await create_tenant(platform, unique_slug("seed"), modules=["sd_seeded"])
         migrated = await create_tenant(plain, unique_slug("seed"), modules=["sd_seeded"])
         image = _images(platform)["sd_seeded"]
         assert image.script is None  # bound parameters: not one script
-        assert any(s.bound for s in image.statements)
+        assert any(s.many for s in image.statements)
+        assert any(s.parameters for s in image.statements)
         a, b = await _picture(platform, imaged), await _picture(plain, migrated)
         assert a == b
         rows = []
