@@ -33,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import BenchDatabase, emit, git_revision, machine, server_version  # noqa: E402
+from _common import BenchDatabase, emit, git_revision, machine, server_version
 
 NOOP_TARGET_S = 1.0
 UPGRADE_TARGET_S = 30.0
@@ -155,7 +155,9 @@ async def provision(platform: Any, count: int, concurrency: int) -> float:
     return time.perf_counter() - started
 
 
-async def run(tenants: int, concurrency: int, create_concurrency: int, repeats: int) -> dict[str, Any]:
+async def run(
+    tenants: int, concurrency: int, create_concurrency: int, repeats: int
+) -> dict[str, Any]:
     db = await BenchDatabase.create()
     root = Path(tempfile.mkdtemp(prefix="dpbench-fleet-"))
     platforms: list[Any] = []
@@ -273,9 +275,7 @@ def main() -> None:
     parser.add_argument("--create-concurrency", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3, help="runs of the no-op migrate")
     args = parser.parse_args()
-    result = asyncio.run(
-        run(args.tenants, args.concurrency, args.create_concurrency, args.repeats)
-    )
+    result = asyncio.run(run(args.tenants, args.concurrency, args.create_concurrency, args.repeats))
     emit(result, args.json)
 
 

@@ -31,7 +31,7 @@ from sqlalchemy import Connection, event
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
+from _common import (
     BenchDatabase,
     emit,
     git_revision,
@@ -41,13 +41,13 @@ from _common import (  # noqa: E402
     server_version,
 )
 
-from dentalpin.platform._db import Database, TenantScope  # noqa: E402
-from dentalpin.platform._runtime import Platform  # noqa: E402
-from dentalpin.platform._settings import Settings  # noqa: E402
-from dentalpin.tenants import create_tenant, migrate_platform, sync_catalogue  # noqa: E402
-from dentalpin.tenants._catalogue import create_schema_and_role  # noqa: E402
-from dentalpin.tenants._images import image_for  # noqa: E402
-from dentalpin.tenants._lineage import lineages  # noqa: E402
+from dentalpin.platform._db import Database, TenantScope
+from dentalpin.platform._runtime import Platform
+from dentalpin.platform._settings import Settings
+from dentalpin.tenants import create_tenant, migrate_platform, sync_catalogue
+from dentalpin.tenants._catalogue import create_schema_and_role
+from dentalpin.tenants._images import image_for
+from dentalpin.tenants._lineage import lineages
 
 TARGET_RATIO = 1.5
 PLACEHOLDER = "t_benchplaceholder"

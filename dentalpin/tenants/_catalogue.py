@@ -113,7 +113,7 @@ def new_schema_name() -> str:
     return "t_" + "".join(secrets.choice(_ALPHABET) for _ in range(10))
 
 
-def _record(row: Any) -> TenantRecord:
+def tenant_record(row: Any) -> TenantRecord:
     return TenantRecord(
         id=row.id,
         slug=row.slug,
@@ -138,14 +138,14 @@ async def find_tenant(conn: AsyncConnection, slug: str, *, lock: bool = False) -
             await conn.execute(select(tenants.c.slug).where(tenants.c.status != "archived"))
         ).scalars()
         raise NotFound(f"No tenant with slug '{slug}'.{did_you_mean(slug, known)}")
-    return _record(row)
+    return tenant_record(row)
 
 
 async def tenant_by_id(conn: AsyncConnection, tenant_id: uuid.UUID) -> TenantRecord:
     row = (await conn.execute(select(tenants).where(tenants.c.id == tenant_id))).first()
     if row is None:
         raise NotFound(f"no tenant with id {tenant_id}")
-    return _record(row)
+    return tenant_record(row)
 
 
 async def all_tenants(
@@ -154,7 +154,7 @@ async def all_tenants(
     query = select(tenants).order_by(tenants.c.slug)
     if not include_archived:
         query = query.where(tenants.c.status != "archived")
-    return [_record(row) for row in await conn.execute(query)]
+    return [tenant_record(row) for row in await conn.execute(query)]
 
 
 async def module_states(conn: AsyncConnection, tenant_id: uuid.UUID) -> dict[str, dict[str, Any]]:

@@ -30,6 +30,7 @@ from ._catalogue import (
     lock_tenant,
     new_schema_name,
     tenant_by_id,
+    tenant_record,
     validate_name,
     validate_slug,
 )
@@ -100,16 +101,7 @@ async def create_tenant(
             ).one()
         except IntegrityError:
             raise Conflict(f"a tenant with slug '{slug}' already exists") from None
-        tenant = TenantRecord(
-            id=row.id,
-            slug=row.slug,
-            name=row.name,
-            schema_name=row.schema_name,
-            db_role=row.db_role,
-            status=row.status,
-            placement=row.placement,
-            created_at=row.created_at,
-        )
+        tenant = tenant_record(row)
         await create_schema_and_role(conn, tenant.scope)
         op = Operation(platform, conn, tenant, log, progress)
         await op.begin()
