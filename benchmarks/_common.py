@@ -95,6 +95,7 @@ def machine() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "cpu_model": model,
         "memory_gb": memory_gb,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
         "python": sys.version.split()[0],
         "platform": host.platform(),
     }

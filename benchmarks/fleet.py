@@ -1,6 +1,6 @@
 """Fleet speed: a no-op `dentalpin migrate`, then one new revision applied to every tenant.
 
-    python benchmarks/fleet.py [--json] [--tenants 1000] [--concurrency 8]
+    python benchmarks/fleet.py [--json] [--tenants 1000] [--concurrency 8] [--upgrade-path alembic]
 
 Creates its own database (on DATABASE_URL's server, default
 postgresql://postgres@127.0.0.1:5432/postgres) and drops it, with its roles, at the end.
@@ -155,9 +155,35 @@ async def provision(platform: Any, count: int, concurrency: int) -> float:
     return time.perf_counter() - started
 
 
+async def check_upgraded(platform: Any) -> None:
+    """Every tenant's schema has what the new revision adds (not only the bookkeeping)."""
+    from sqlalchemy import text
+
+    async with platform.db.engine.connect() as conn:
+        missing = (
+            await conn.execute(
+                text(
+                    """
+                    select count(*) from platform.tenants t
+                     where t.status = 'active' and (
+                           to_regclass(format('%I.bench_tags', t.schema_name)) is null
+                        or to_regclass(format('%I.ix_bench_items_code', t.schema_name)) is null
+                        or not exists (
+                            select 1 from pg_attribute a
+                             where a.attrelid = to_regclass(format('%I.bench_items', t.schema_name))
+                               and a.attname = 'code' and not a.attisdropped))
+                    """
+                )
+            )
+        ).scalar_one()
+    if missing:
+        raise SystemExit(f"{missing} tenants lack what the new revision creates")
+
+
 async def run(
-    tenants: int, concurrency: int, create_concurrency: int, repeats: int
+    tenants: int, concurrency: int, create_concurrency: int, repeats: int, upgrade_path: str
 ) -> dict[str, Any]:
+    host = machine()  # before the run: the load average says how busy the box was
     db = await BenchDatabase.create()
     root = Path(tempfile.mkdtemp(prefix="dpbench-fleet-"))
     platforms: list[Any] = []
@@ -200,6 +226,7 @@ async def run(
         await sync_catalogue(first)
         created_s = await provision(first, tenants, create_concurrency)
         print(
+            f"(load average at start {host['load_average']}) "
             f"provisioned {tenants} tenants in {created_s:.1f}s "
             f"({tenants / created_s:.0f}/s, {create_concurrency} at a time)",
             flush=True,
@@ -226,7 +253,10 @@ async def run(
 
         # (b) A new release: one more revision; a new process loads the lineage again.
         (versions / "bf_0002_code_tags.py").write_text(REVISION_2)
-        second = Platform.create(settings)
+        upgrade_settings = settings.model_copy(
+            update={"provision_with_ddl_images": upgrade_path == "images"}
+        )
+        second = Platform.create(upgrade_settings)
         platforms.append(second)
         report = await upgrade_fleet(second, concurrency)
         if report.failed or len(report.upgraded) != tenants:
@@ -234,10 +264,11 @@ async def run(
         left = await tenants_behind(second)
         if left:
             raise SystemExit(f"{len(left)} tenants still behind after the upgrade")
+        await check_upgraded(second)
         rate = tenants / report.seconds
         print(
             f"upgraded {tenants} tenants in {report.seconds:.1f}s ({rate:.0f} tenants/s, "
-            f"concurrency {concurrency})",
+            f"concurrency {concurrency}, {upgrade_path})",
             flush=True,
         )
         return {
@@ -254,9 +285,10 @@ async def run(
             "upgrade_seconds": round(report.seconds, 2),
             "upgrade_tenants_per_second": round(rate, 1),
             "upgrade_concurrency": concurrency,
+            "upgrade_path": upgrade_path,
             "upgrade_target_seconds": UPGRADE_TARGET_S,
             "upgrade_target_met": report.seconds < UPGRADE_TARGET_S,
-            "machine": machine(),
+            "machine": host,
             "postgresql": await server_version(),
             "git": git_revision(),
         }
@@ -274,8 +306,18 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8, help="of the fleet upgrade")
     parser.add_argument("--create-concurrency", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3, help="runs of the no-op migrate")
+    parser.add_argument(
+        "--upgrade-path",
+        choices=("images", "alembic"),
+        default="images",
+        help="how the fleet upgrade migrates each tenant (DDL images, the default, or Alembic)",
+    )
     args = parser.parse_args()
-    result = asyncio.run(run(args.tenants, args.concurrency, args.create_concurrency, args.repeats))
+    result = asyncio.run(
+        run(
+            args.tenants, args.concurrency, args.create_concurrency, args.repeats, args.upgrade_path
+        )
+    )
     emit(result, args.json)
 
 

@@ -46,7 +46,7 @@ from dentalpin.platform._runtime import Platform
 from dentalpin.platform._settings import Settings
 from dentalpin.tenants import create_tenant, migrate_platform, sync_catalogue
 from dentalpin.tenants._catalogue import create_schema_and_role
-from dentalpin.tenants._images import image_for
+from dentalpin.tenants._images import DdlImage, image_for
 from dentalpin.tenants._lineage import lineages
 
 TARGET_RATIO = 1.5
@@ -98,7 +98,7 @@ async def limit_script(platform: Platform) -> str:
     async with platform.db.engine.connect() as conn, conn.begin():
         for module in modules:
             image = await image_for(platform, conn, module)
-            if image is None or image.script is None:
+            if not isinstance(image, DdlImage) or image.script is None:
                 raise SystemExit(f"no one-script image for {module}; cannot measure the limit")
             parts.append(image.script)
         await conn.rollback()
@@ -122,6 +122,7 @@ async def measure_limit(dsn: str, script: str, runs: int) -> list[float]:
 
 
 async def run(tenants: int, runs: int, warmup: int) -> dict[str, Any]:
+    host = machine()  # before the run: the load average says how busy the box was
     db = await BenchDatabase.create()
     data_dir = Path(tempfile.mkdtemp(prefix="dpbench-"))
     platforms: list[Platform] = []
@@ -166,7 +167,7 @@ async def run(tenants: int, runs: int, warmup: int) -> dict[str, Any]:
             "create_tenant_images": _stats(timings["images"]),
             "create_tenant_alembic": _stats(timings["alembic"]),
             "physical_limit": _stats(limit),
-            "limit_statements": script.count("\n;\n") - 1,
+            "limit_statements": script.count("\n;\n"),  # between begin and commit
         }
         ratio = p50(timings["images"]) / p50(limit)
         result["ratio_images_to_limit"] = round(ratio, 2)
@@ -176,7 +177,7 @@ async def run(tenants: int, runs: int, warmup: int) -> dict[str, Any]:
         )
         result["target_ratio"] = TARGET_RATIO
         result["target_met"] = ratio <= TARGET_RATIO
-        result["machine"] = machine()
+        result["machine"] = host
         result["postgresql"] = await server_version()
         result["git"] = git_revision()
         return result
@@ -188,7 +189,10 @@ async def run(tenants: int, runs: int, warmup: int) -> dict[str, Any]:
 
 
 def report(result: dict[str, Any]) -> None:
-    print(f"provisioning {result['tenants']} tenants with {', '.join(result['modules'])}")
+    print(
+        f"provisioning {result['tenants']} tenants with {', '.join(result['modules'])} "
+        f"(load average at start {result['machine']['load_average']})"
+    )
     for label, key in (
         ("create_tenant, DDL images", "create_tenant_images"),
         ("create_tenant, Alembic", "create_tenant_alembic"),

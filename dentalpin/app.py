@@ -19,16 +19,19 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
+from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from dentalpin import __version__
+from dentalpin.api import include_routers
 from dentalpin.platform import Conflict, NotFound, TenantRef
 from dentalpin.platform._db import TenantScope
 from dentalpin.platform._errors import Unavailable
-from dentalpin.platform._http import Forbidden, route_guards
+from dentalpin.platform._http import Forbidden, bearer_claims, public, route_guards
 from dentalpin.platform._middleware import RetryStaleStatements
 from dentalpin.platform._problems import install_problem_handlers
+from dentalpin.platform._request_id import RequestId
 from dentalpin.platform._runtime import Platform
 from dentalpin.tenants import lineages
 from dentalpin.tenants._fleet import MIGRATIONS_DIR, alembic_config
@@ -47,11 +50,12 @@ _RESOLVE = text(
      where t.status = 'active'
        and (t.slug = :slug
             or t.id = (select d.tenant_id from platform.domains d
-                        where d.hostname = :host and d.verified))
+                        where d.hostname = :host and d.verified)
+            or t.id = :tenant_id)
      group by t.id
      limit 1
     """
-)
+).bindparams(bindparam("tenant_id", type_=UUID(as_uuid=True)))
 
 
 @dataclass
@@ -65,27 +69,32 @@ def host_of(request: Request) -> str:
 
 
 async def resolve_tenant(request: Request) -> ResolvedTenant | None:
-    """The tenant named by the request's host (`<slug>.<base domain>` or a verified domain)."""
+    """The request's tenant: the one its host names (`<slug>.<base domain>` or a verified
+    domain), else the one its access token names (API clients on the bare API host).
+
+    `request.state.host_tenant_id` records the host's tenant (None when the host names
+    none), so `get_principal` can refuse a token of another clinic.
+    """
     cached: ResolvedTenant | None = getattr(request.state, "resolved_tenant", None)
     if cached is not None:
         return cached
     platform: Platform = request.app.state.platform
     host = host_of(request)
-    if not _HOSTNAME.fullmatch(host):
-        return None  # not a host name at all (NUL bytes, spaces, quotes...): serve no clinic
-    suffix = "." + platform.settings.base_domain
-    slug = host[: -len(suffix)] if host.endswith(suffix) else None
-    try:
-        async with platform.db.engine.connect() as conn:
-            row = (await conn.execute(_RESOLVE, {"slug": slug, "host": host})).first()
-    except (OSError, OperationalError, InterfaceError) as exc:
-        raise Unavailable("the clinic directory cannot be reached; retry shortly") from exc
-    except DBAPIError as exc:
-        if not exc.connection_invalidated:
-            raise
-        raise Unavailable("the clinic directory cannot be reached; retry shortly") from exc
+    slug: str | None = None
+    if _HOSTNAME.fullmatch(host):  # else not a host name (NUL bytes, spaces...): no clinic
+        suffix = "." + platform.settings.base_domain
+        slug = host[: -len(suffix)] if host.endswith(suffix) else None
+        row = await _lookup(platform, {"slug": slug, "host": host, "tenant_id": None})
+    else:
+        row = None
+    request.state.host_tenant_id = row.id if row is not None else None
     if row is None:
-        return None
+        claims = await bearer_claims(request)  # 401 for a bad token
+        if claims is None or claims.tenant_id is None:
+            return None
+        row = await _lookup(platform, {"slug": None, "host": None, "tenant_id": claims.tenant_id})
+        if row is None:
+            return None
     resolved = ResolvedTenant(
         TenantRef(row.id, row.slug, row.name, row.schema_name, row.db_role),
         {name: (value[0], value[1]) for name, value in row.modules.items()},
@@ -93,6 +102,18 @@ async def resolve_tenant(request: Request) -> ResolvedTenant | None:
     request.state.resolved_tenant = resolved
     request.state.tenant = resolved.ref
     return resolved
+
+
+async def _lookup(platform: Platform, params: dict[str, Any]) -> Any:
+    try:
+        async with platform.db.engine.connect() as conn:
+            return (await conn.execute(_RESOLVE, params)).first()
+    except (OSError, OperationalError, InterfaceError) as exc:
+        raise Unavailable("the clinic directory cannot be reached; retry shortly") from exc
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        raise Unavailable("the clinic directory cannot be reached; retry shortly") from exc
 
 
 def module_gate(
@@ -163,7 +184,9 @@ def create_app(platform: Platform | None = None) -> FastAPI:
     )
     install_problem_handlers(app)
     app.add_middleware(RetryStaleStatements)
+    app.add_middleware(RequestId)  # outermost: retried requests keep their id
     app.include_router(_health_router())
+    include_routers(app)
     registry = platform.registry if platform is not None else None
     _mount_modules(app, registry)
     if platform is not None:
@@ -202,12 +225,12 @@ def _mount_modules(app: FastAPI, registry: Any) -> None:
 def _health_router() -> APIRouter:
     router = APIRouter(tags=["health"])
 
-    @router.get("/healthz")
+    @router.get("/healthz", dependencies=[public()])
     async def healthz() -> dict[str, str]:
         """The process is alive (no dependency is checked)."""
         return {"status": "ok", "version": __version__}
 
-    @router.get(f"{API_PREFIX}/")
+    @router.get(f"{API_PREFIX}/", dependencies=[public()])
     async def index(request: Request) -> dict[str, Any]:
         """Which clinic this host serves and which of its modules answer here."""
         platform: Platform = request.app.state.platform
@@ -225,7 +248,7 @@ def _health_router() -> APIRouter:
             ],
         }
 
-    @router.get("/readyz")
+    @router.get("/readyz", dependencies=[public()])
     async def readyz(request: Request) -> JSONResponse:
         """The database answers and its platform schema is at the code's revision."""
         platform: Platform = request.app.state.platform

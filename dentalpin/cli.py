@@ -26,13 +26,17 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
 from dentalpin import __version__
+from dentalpin.cli_identity import register as register_identity_commands
 from dentalpin.platform import PlatformError
 from dentalpin.platform._jobs import (
+    InProcessExecutor,
     JobRecord,
+    executor_kind,
     executor_of,
     get_job,
     job_log_lines,
     list_jobs,
+    reap_jobs,
 )
 from dentalpin.platform._runtime import Platform
 from dentalpin.platform._settings import get_settings
@@ -51,6 +55,7 @@ from dentalpin.tenants import (
     submit_lifecycle,
     sync_catalogue,
     upgrade_fleet,
+    upgrade_fleet_on_workers,
 )
 from dentalpin.tenants._introspect import schema_exists
 
@@ -68,11 +73,20 @@ app.add_typer(tenants_app, name="tenants")
 app.add_typer(modules_app, name="modules")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(archives_app, name="archives")
+register_identity_commands(app)
 
 out = Console()
 # Errors stay on one line when piped (no wrapping at 80 columns), so logs and greps keep them whole.
 err = Console(stderr=True, soft_wrap=True)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+NoWaitOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-wait",
+        help="Print the job id and return at once; the job runs on the workers "
+        "(follow it with `dentalpin jobs show ID`).",
+    ),
+]
 
 
 def run(coro_fn: Callable[[Platform], Awaitable[T]]) -> T:
@@ -202,7 +216,8 @@ def up(
         for name in urls.embedded:
             out.print(f"[green]started embedded {name}[/green]")
         me = [sys.executable, "-m", "dentalpin"]
-        subprocess.run([*me, "migrate"], env=env, check=True)
+        # In-process: the worker is started below, after the release step.
+        subprocess.run([*me, "migrate", "--in-process"], env=env, check=True)
         subprocess.run([*me, "demo", "--slug", demo], env=env, check=True)
         out.print(
             f"\n[bold]DentalPin is up.[/bold] Demo clinic: http://{demo}.{settings.base_domain}:"
@@ -268,9 +283,16 @@ def demo(slug: str = typer.Option("demo", help="Slug of the demo clinic.")) -> N
 @app.command()
 def migrate(
     concurrency: int = typer.Option(4, min=1, max=64, help="Tenants upgraded at the same time."),
+    in_process: bool = typer.Option(
+        False,
+        "--in-process",
+        help="Upgrade the tenants in this process even when jobs run on workers (a release "
+        "step that must not depend on the workers, or workers still on the old release).",
+    ),
     as_json: JsonOpt = False,
 ) -> None:
-    """Migrate the platform schema, then upgrade every tenant that is behind."""
+    """Migrate the platform schema, then upgrade every tenant that is behind (through the
+    workers when jobs run there: one job per tenant, --concurrency at a time)."""
 
     async def go(platform: Platform) -> int:
         revision = await migrate_platform(platform)
@@ -284,6 +306,9 @@ def migrate(
             if as_json:
                 emit_json({"platform_revision": revision, "behind": 0, "upgraded": 0, "failed": {}})
             return 0
+        on_workers = not in_process and executor_kind(platform.settings) == "celery"
+        if on_workers and not as_json:
+            out.print(f"upgrading through the workers (lifecycle queue), {concurrency} at a time")
         with _progress(disable=as_json) as bar:
             task = bar.add_task("upgrading tenants", total=len(behind))
 
@@ -292,7 +317,8 @@ def migrate(
                 if error and not as_json:
                     bar.console.print(f"[red]✗ {escape(slug)}[/red]: {escape(error)}")
 
-            report = await upgrade_fleet(platform, concurrency, advance)
+            fleet = upgrade_fleet_on_workers if on_workers else upgrade_fleet
+            report = await fleet(platform, concurrency, advance)
         if as_json:
             emit_json({"platform_revision": revision, **report.as_dict()})
         else:
@@ -448,17 +474,12 @@ def tenants_verify(
 def tenants_archive(
     slug: str,
     yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
+    no_wait: NoWaitOpt = False,
 ) -> None:
     """Dump the tenant's schema into a restorable archive, then drop it."""
     if not yes:
         typer.confirm(f"Archive tenant '{slug}' and drop its schema?", abort=True)
-
-    async def go(platform: Platform) -> int:
-        async with platform.db.engine.connect() as conn:
-            tenant = await find_tenant(conn, slug)
-        return await _run_job(platform, "tenant.archive", tenant, {})
-
-    raise typer.Exit(run(go))
+    _tenant_job(slug, "tenant.archive", {}, no_wait)
 
 
 @tenants_app.command("restore")
@@ -553,17 +574,19 @@ def modules_list(
 
 
 @modules_app.command("install")
-def modules_install(slug: str, modules: list[str]) -> None:
+def modules_install(slug: str, modules: list[str], no_wait: NoWaitOpt = False) -> None:
     """Install modules (and the dependencies they lack) for a tenant."""
-    _tenant_job(slug, "lifecycle.install", {"modules": modules})
+    _tenant_job(slug, "lifecycle.install", {"modules": modules}, no_wait)
 
 
 @modules_app.command("upgrade")
 def modules_upgrade(
-    slug: str, modules: Annotated[list[str] | None, typer.Argument()] = None
+    slug: str,
+    modules: Annotated[list[str] | None, typer.Argument()] = None,
+    no_wait: NoWaitOpt = False,
 ) -> None:
     """Upgrade a tenant's modules (all by default) to the code's head revision."""
-    _tenant_job(slug, "lifecycle.upgrade", {"modules": modules or None})
+    _tenant_job(slug, "lifecycle.upgrade", {"modules": modules or None}, no_wait)
 
 
 @modules_app.command("uninstall")
@@ -573,6 +596,7 @@ def modules_uninstall(
     cascade: bool = typer.Option(False, "--cascade", help="Uninstall dependents first."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and change nothing."),
     as_json: JsonOpt = False,
+    no_wait: NoWaitOpt = False,
 ) -> None:
     """Archive and drop a module's data for a tenant."""
     if dry_run:
@@ -594,7 +618,7 @@ def modules_uninstall(
 
         run(plan)
         return
-    _tenant_job(slug, "lifecycle.uninstall", {"module": module, "cascade": cascade})
+    _tenant_job(slug, "lifecycle.uninstall", {"module": module, "cascade": cascade}, no_wait)
 
 
 @modules_app.command("restore")
@@ -604,9 +628,10 @@ def modules_restore(
     backup: Annotated[
         str | None, typer.Option("--backup", help="Archive id (default: latest).")
     ] = None,
+    no_wait: NoWaitOpt = False,
 ) -> None:
     """Reinstall an uninstalled module and load its archived data."""
-    _tenant_job(slug, "lifecycle.restore", {"module": module, "archive_id": backup})
+    _tenant_job(slug, "lifecycle.restore", {"module": module, "archive_id": backup}, no_wait)
 
 
 @modules_app.command("lint")
@@ -625,32 +650,67 @@ def modules_lint() -> None:
     out.print(f"{len(registry)} module(s) clean")
 
 
-def _tenant_job(slug: str, kind: str, params: dict[str, Any]) -> None:
+def _tenant_job(slug: str, kind: str, params: dict[str, Any], no_wait: bool = False) -> None:
     async def go(platform: Platform) -> int:
+        if no_wait and executor_kind(platform.settings) != "celery":
+            raise PlatformError(
+                "--no-wait needs jobs to run on workers (DENTALPIN_JOB_EXECUTOR=celery, or "
+                "auto with REDIS_URL set); here the job runs inside this command"
+            )
         async with platform.db.engine.connect() as conn:
             tenant = await find_tenant(conn, slug)
-        return await _run_job(platform, kind, tenant, params)
+        return await _run_job(platform, kind, tenant, params, wait=not no_wait)
 
     raise typer.Exit(run(go))
 
 
+WORKER_HINT_AFTER_S = 10.0
+
+
 async def _run_job(
-    platform: Platform, kind: str, tenant: TenantRecord, params: dict[str, Any]
+    platform: Platform, kind: str, tenant: TenantRecord, params: dict[str, Any], wait: bool = True
 ) -> int:
     """Submit a job and follow its progress until it ends; 0 when it succeeded."""
     job = await submit_lifecycle(platform, tenant, kind, params)
+    if not wait:
+        typer.echo(str(job.id))
+        err.print(f"job {job.id} ({kind}) queued; follow it with `dentalpin jobs show {job.id}`")
+        return 0
     out.print(f"job {job.id} ({kind}) queued")
-    waiting = asyncio.ensure_future(executor_of(platform).wait(platform, job.id))
-    with _progress() as bar:
-        task = bar.add_task(kind, total=1.0)
-        while not waiting.done():
-            current = await get_job(platform, job.id)
-            bar.update(
-                task, completed=current.progress, description=escape(current.message or kind)
+    executor = executor_of(platform)
+    on_workers = not isinstance(executor, InProcessExecutor)
+    waiting = asyncio.ensure_future(executor.wait(platform, job.id))
+    started, hinted = time.monotonic(), False
+    try:
+        with _progress() as bar:
+            task = bar.add_task(kind, total=1.0)
+            while not waiting.done():
+                current = await get_job(platform, job.id)
+                bar.update(
+                    task, completed=current.progress, description=escape(current.message or kind)
+                )
+                if (
+                    on_workers
+                    and not hinted
+                    and current.state == "queued"
+                    and time.monotonic() - started > WORKER_HINT_AFTER_S
+                ):
+                    hinted = True
+                    bar.console.print(
+                        "[yellow]no worker has taken the job yet:[/yellow] is `dentalpin worker` "
+                        "running with the lifecycle queue? Still waiting (Ctrl-C stops waiting; "
+                        "the job stays queued)."
+                    )
+                await asyncio.sleep(0.2)
+            final = await waiting
+            bar.update(task, completed=final.progress)
+    except asyncio.CancelledError:
+        if on_workers:
+            err.print(
+                f"stopped waiting; job {job.id} goes on on the workers: "
+                f"`dentalpin jobs show {job.id}`"
             )
-            await asyncio.sleep(0.2)
-        final = await waiting
-        bar.update(task, completed=final.progress)
+        raise
     return _report(final)
 
 
@@ -768,13 +828,50 @@ def jobs_show(job_id: uuid.UUID, as_json: JsonOpt = False) -> None:
         if as_json:
             emit_json({**job.as_dict(), "log": lines})
             return
-        out.print(f"[bold]{job.kind}[/bold] {job.id}: {job.state} ({job.progress:.0%})")
+        out.print(
+            f"[bold]{job.kind}[/bold] {job.id}: {job.state} ({job.progress:.0%}), "
+            f"attempt {job.attempts}{f' on {escape(job.worker)}' if job.worker else ''}"
+        )
         if job.error:
             out.print(f"[red]error:[/red] {escape(job.error)}")
         for line in lines:
             out.print(f"  {line['at'][11:19]} {line['level']:5} {escape(line['message'])}")
 
     run(go)
+
+
+@jobs_app.command("reap")
+def jobs_reap(as_json: JsonOpt = False) -> None:
+    """Re-queue jobs whose worker died (stale heartbeat), fail those out of attempts, and
+    re-send queued jobs nobody took. Beat runs this every DENTALPIN_JOB_REAP_EVERY_S."""
+
+    async def go(platform: Platform) -> int:
+        executor = executor_of(platform)
+        report = await reap_jobs(platform, executor)
+        finished: list[JobRecord] = []
+        if isinstance(executor, InProcessExecutor):
+            # In-process, the re-queued jobs run here; wait for them before exiting.
+            finished = [await executor.wait(platform, job.id) for job in report.submitted]
+        if as_json:
+            emit_json({**report.as_dict(), "ran": {str(j.id): j.state for j in finished}})
+        else:
+            out.print(
+                f"{len(report.requeued)} re-queued, {len(report.failed)} failed (no attempts "
+                f"left), {len(report.resent)} re-sent"
+            )
+            for job in report.requeued:
+                out.print(f"  re-queued {job.id} ({job.kind}), attempt {job.attempts + 1} next")
+            for job in report.failed:
+                out.print(f"  [red]failed[/red] {job.id} ({job.kind}) after {job.attempts}")
+            for job in report.resent:
+                out.print(f"  re-sent {job.id} ({job.kind})")
+            for job_id, problem in report.unsent.items():
+                err.print(f"[red]could not send {job_id}:[/red] {escape(problem)}")
+            for job in finished:
+                out.print(f"  ran {job.id}: {job.state}")
+        return 1 if report.unsent else 0
+
+    raise typer.Exit(run(go))
 
 
 def main() -> None:

@@ -52,6 +52,9 @@ class Cli:
             "DATABASE_URL": platform.settings.database_url or "",
             "DENTALPIN_ROLE_PREFIX": platform.settings.role_prefix,
             "DENTALPIN_DATA_DIR": str(platform.settings.data_dir),
+            # No worker runs here: jobs run inside the command (tests/platform/test_workers.py
+            # covers the workers).
+            "DENTALPIN_JOB_EXECUTOR": "inprocess",
         }
 
     def __call__(self, *args: str, code: int = 0) -> Result:

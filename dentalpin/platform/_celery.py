@@ -1,49 +1,120 @@
 """The Celery application: Redis broker, the three queues, one event loop per worker process.
 
-The lifecycle and event tasks arrive with the events issue; this module fixes the
-queues and worker settings they will use, so `dentalpin worker` and `dentalpin beat`
-are real processes from the start.
+- `lifecycle`: `dentalpin.lifecycle.run_job(job_id)` claims and runs a job (`_jobs.run_job`).
+  The job row, not the broker, is the truth: a redelivered or duplicated task finds the
+  job taken or done and does nothing.
+- `periodic`: beat's schedule, among it the job reaper (`dentalpin.jobs.reap`).
+- `events`: the default queue, for the events pipeline.
+
+Tasks are acknowledged late and workers prefetch one message at a time. Each worker
+process builds its event loop and platform lazily (`_workers`), after the fork.
 """
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from celery import Celery
+from celery.signals import worker_process_init, worker_process_shutdown, worker_shutdown
 
-from ._settings import get_settings
+from . import _workers
+from ._jobs import reap_jobs, run_job
+from ._settings import Settings, get_settings
+from ._workers import LIFECYCLE_QUEUE, REAP_TASK, RUN_JOB_TASK
 
 QUEUES = ("events", "lifecycle", "periodic")
+HEARTBEAT_TASK = "dentalpin.platform.heartbeat"
 
 
-def make_celery() -> Celery:
-    settings = get_settings()
+def make_celery(settings: Settings | None = None, *, current: bool = True) -> Celery:
+    settings = settings or get_settings()
     broker = settings.redis_url or "redis://127.0.0.1:6379/0"
-    app = Celery("dentalpin", broker=broker, backend=None)
+    transport: dict[str, Any] = {"socket_timeout": 2, "socket_connect_timeout": 2}
+    if settings.celery_key_prefix:
+        transport["global_keyprefix"] = settings.celery_key_prefix
+    app = Celery("dentalpin", broker=broker, backend=None, set_as_current=current)
     app.conf.update(
         # Queues are declared on first use (task_create_missing_queues); workers pick with -Q.
         task_default_queue="events",
+        task_routes={
+            RUN_JOB_TASK: {"queue": LIFECYCLE_QUEUE},
+            REAP_TASK: {"queue": "periodic"},
+            HEARTBEAT_TASK: {"queue": "periodic"},
+        },
         task_acks_late=True,
         task_reject_on_worker_lost=True,
+        task_ignore_result=True,
         worker_prefetch_multiplier=1,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"socket_timeout": 2, "socket_connect_timeout": 2},
+        broker_transport_options=transport,
         beat_schedule={
             "platform-heartbeat": {
-                "task": "dentalpin.platform.heartbeat",
+                "task": HEARTBEAT_TASK,
                 "schedule": 60.0,
                 "options": {"queue": "periodic"},
+            },
+            "jobs-reaper": {
+                "task": REAP_TASK,
+                "schedule": settings.job_reap_every_s,
+                # A backlog of reaps (workers were down) runs once, not once per tick.
+                "options": {"queue": "periodic", "expires": settings.job_reap_every_s},
             },
         },
         timezone="UTC",
     )
 
-    @app.task(name="dentalpin.platform.heartbeat")  # type: ignore[untyped-decorator]
+    @app.task(name=HEARTBEAT_TASK)  # type: ignore[untyped-decorator]
     def heartbeat() -> dict[str, Any]:
         """Proves the beat -> broker -> worker path works; shows up in worker logs."""
         return {"ok": True}
 
+    @app.task(name=RUN_JOB_TASK, bind=True)  # type: ignore[untyped-decorator]
+    def run_lifecycle_job(task: Any, job_id: str) -> str:
+        """Claim and run one job; a job that is not queued any more is left alone."""
+        tenant = getattr(task.request, "tenant_id", None)
+        job = _workers.run_in_worker(lambda platform: run_job(platform, uuid.UUID(job_id)))
+        return f"job {job.id} (tenant {tenant}): {job.state}"
+
+    @app.task(name=REAP_TASK)  # type: ignore[untyped-decorator]
+    def reap() -> dict[str, Any]:
+        """Re-queue jobs whose worker died, fail those out of attempts, re-send lost ones."""
+        report = _workers.run_in_worker(
+            lambda platform: reap_jobs(platform, _workers.CeleryExecutor())
+        )
+        return report.as_dict()
+
     return app
 
 
-app = make_celery()
+_senders: dict[tuple[str | None, str], Celery] = {}
+
+
+def celery_app(settings: Settings) -> Celery:
+    """The app to send with for these settings: the process's own `app` when the broker and
+    key prefix are the same, else one built (once) for them (tests, tools)."""
+    key = (settings.redis_url, settings.celery_key_prefix)
+    if key == (app_settings.redis_url, app_settings.celery_key_prefix):
+        return app
+    if key not in _senders:
+        _senders[key] = make_celery(settings, current=False)
+    return _senders[key]
+
+
+@worker_process_init.connect  # type: ignore[untyped-decorator]
+def _after_fork(**_: Any) -> None:
+    _workers.forget_inherited()
+
+
+@worker_process_shutdown.connect  # type: ignore[untyped-decorator]
+def _process_shutdown(**_: Any) -> None:
+    _workers.shutdown()
+
+
+@worker_shutdown.connect  # type: ignore[untyped-decorator]
+def _worker_shutdown(**_: Any) -> None:
+    _workers.shutdown()  # the solo pool runs tasks in the main process
+
+
+app_settings = get_settings()
+app = make_celery(app_settings)

@@ -26,6 +26,16 @@ class NotFound(PlatformError):
     problem = "not-found"
 
 
+class Unauthenticated(PlatformError):
+    status = 401
+    problem = "unauthenticated"
+
+
+class Forbidden(PlatformError):
+    status = 403
+    problem = "forbidden"
+
+
 class Conflict(PlatformError):
     status = 409
     problem = "conflict"

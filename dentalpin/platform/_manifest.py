@@ -35,6 +35,13 @@ RESERVED_NAMES = frozenset(
         "pg_catalog",
         "events",
         "core",
+        "members",
+        "roles",
+        "audit",
+        "users",
+        "clients",
+        "resellers",
+        "operators",
     }
 )
 """Names that would collide with platform routes, schemas or tables."""

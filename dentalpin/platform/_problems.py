@@ -37,9 +37,12 @@ def problem(
 
 async def _platform_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, PlatformError)
-    # RFC 9110 §15.5.2: a 401 must say how to authenticate.
-    headers = {"WWW-Authenticate": 'Bearer realm="dentalpin"'} if exc.status == 401 else None
-    return problem(request, exc.status, exc.problem, exc.detail, headers)
+    headers: dict[str, str] = dict(getattr(exc, "headers", None) or {})
+    if exc.status == 401:
+        # RFC 9110 §15.5.2: a 401 must say how to authenticate.
+        headers.setdefault("WWW-Authenticate", 'Bearer realm="dentalpin"')
+    extra: dict[str, Any] = dict(getattr(exc, "extra", None) or {})
+    return problem(request, exc.status, exc.problem, exc.detail, headers or None, **extra)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

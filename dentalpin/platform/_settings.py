@@ -48,11 +48,37 @@ class Settings(BaseSettings):
     ddl_lock_retries: int = 5
     lifecycle_lock_wait_s: float = 10.0
     provision_with_ddl_images: bool = True
-    """Install a module into a fresh tenant by replaying its captured DDL image instead of
-    running its Alembic revisions (same result, tested); off to compare or to rule it out."""
+    """Bring a tenant's module to head (a fresh install, or a fleet upgrade) by replaying a
+    captured DDL image instead of running Alembic in the tenant, wherever that is exactly
+    what the revisions would do (same result, tested); off to compare or to rule it out."""
     job_heartbeat_stale_s: float = 120.0
+    job_executor: Literal["auto", "celery", "inprocess"] = "auto"
+    """Where lifecycle jobs run: `celery` (workers consuming the `lifecycle` queue),
+    `inprocess` (the process that submits them), or `auto`: celery when REDIS_URL is set
+    and the environment is not `test`, else in-process."""
+    job_heartbeat_every_s: float = Field(default=10.0, gt=0)
+    job_max_attempts: int = Field(default=3, ge=1)
+    """A job whose worker died is re-queued until it has been claimed this many times."""
+    job_reap_every_s: float = Field(default=30.0, gt=0)
+    """How often beat runs the reaper (dead workers' jobs, queued jobs nobody picked up)."""
+    job_resend_after_s: float = Field(default=300.0, gt=0)
+    """A job still queued this long after it was (re)sent is sent to the workers again."""
+    celery_key_prefix: str = ""
+    """Prefix of every Redis key the Celery transport uses (several installations or test
+    runs sharing one Redis)."""
+    worker_statement_timeout_ms: int = Field(default=600_000, ge=0)
+    """`statement_timeout` of the workers' database sessions (0: none)."""
+    worker_idle_in_transaction_timeout_ms: int = Field(default=120_000, ge=0)
+    """`idle_in_transaction_session_timeout` of the workers' database sessions (0: none)."""
     archive_retention_days: int = 365 * 6
     """Spanish law keeps clinical records at least five years; archives outlive that."""
+
+    token_issuer: str = "dentalpin"  # noqa: S105 - an issuer name, not a secret
+    """`iss` of the access tokens this platform signs (and the only one it accepts)."""
+    access_token_ttl_s: int = Field(default=600, ge=30, le=3600)
+    refresh_token_ttl_s: int = Field(default=14 * 24 * 3600, ge=300)
+    signing_key_cache_s: float = 30.0
+    """How long a process trusts its copy of the signing keys before reading them again."""
 
     @field_validator("role_prefix")
     @classmethod

@@ -10,6 +10,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     MetaData,
@@ -178,4 +179,216 @@ archives = Table(
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Column("restored_at", DateTime(timezone=True)),
     CheckConstraint("kind in ('module', 'tenant')", name="kind_valid"),
+)
+
+
+# Identity (revision 0002_identity) ------------------------------------------------------
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    # Stored lower-cased (the check), so the unique constraint is case-insensitive.
+    Column("email", Text, nullable=False, unique=True),
+    Column("name", Text, nullable=False, server_default=""),
+    Column("password_hash", Text),
+    Column("is_operator", Boolean, nullable=False, server_default=text("false")),
+    Column("disabled", Boolean, nullable=False, server_default=text("false")),
+    # Fernet token of the base32 TOTP secret (key derived from DENTALPIN_SECRET_KEY).
+    Column("totp_secret", Text),
+    Column("totp_enabled_at", DateTime(timezone=True)),
+    Column("totp_last_step", BigInteger),
+    _now(),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("password_changed_at", DateTime(timezone=True)),
+    CheckConstraint("email = lower(email)", name="email_lower"),
+)
+
+roles = Table(
+    "roles",
+    metadata,
+    Column(
+        "tenant_id",
+        UUID(as_uuid=True),
+        ForeignKey("tenants.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("name", Text, primary_key=True),
+    Column("description", Text, nullable=False, server_default=""),
+    Column("builtin", Boolean, nullable=False, server_default=text("false")),
+    _now(),
+    CheckConstraint("name ~ '^[a-z][a-z0-9_]{1,39}$'", name="name_valid"),
+)
+
+role_permissions = Table(
+    "role_permissions",
+    metadata,
+    Column("tenant_id", UUID(as_uuid=True), primary_key=True),
+    Column("role", Text, primary_key=True),
+    Column("permission", Text, primary_key=True),
+    ForeignKeyConstraint(
+        ["tenant_id", "role"], ["roles.tenant_id", "roles.name"], ondelete="CASCADE"
+    ),
+)
+
+memberships = Table(
+    "memberships",
+    metadata,
+    Column(
+        "user_id",
+        UUID(as_uuid=True),
+        ForeignKey("users.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column(
+        "tenant_id",
+        UUID(as_uuid=True),
+        ForeignKey("tenants.id", ondelete="CASCADE"),
+        primary_key=True,
+        index=True,
+    ),
+    # Empty: every location of the tenant; else only these (ids of the locations module).
+    Column("location_ids", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    _now(),
+)
+
+membership_roles = Table(
+    "membership_roles",
+    metadata,
+    Column("user_id", UUID(as_uuid=True), primary_key=True),
+    Column("tenant_id", UUID(as_uuid=True), primary_key=True),
+    Column("role", Text, primary_key=True),
+    ForeignKeyConstraint(
+        ["user_id", "tenant_id"],
+        ["memberships.user_id", "memberships.tenant_id"],
+        ondelete="CASCADE",
+    ),
+    ForeignKeyConstraint(
+        ["tenant_id", "role"], ["roles.tenant_id", "roles.name"], ondelete="CASCADE"
+    ),
+)
+
+signing_keys = Table(
+    "signing_keys",
+    metadata,
+    Column("kid", Text, primary_key=True),
+    Column("algorithm", Text, nullable=False),
+    Column("public_jwk", JSONB, nullable=False),
+    # Fernet token of the PKCS#8 PEM (key derived from DENTALPIN_SECRET_KEY).
+    Column("private_key", Text, nullable=False),
+    _now(),
+    Column("retired_at", DateTime(timezone=True)),
+)
+
+refresh_tokens = Table(
+    "refresh_tokens",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("family_id", UUID(as_uuid=True), nullable=False, index=True),
+    Column(
+        "user_id",
+        UUID(as_uuid=True),
+        ForeignKey("users.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("tenant_id", UUID(as_uuid=True), ForeignKey("tenants.id", ondelete="CASCADE")),
+    Column("token_hash", Text, nullable=False, unique=True),
+    Column("mfa", Boolean, nullable=False, server_default=text("false")),
+    _now(),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("used_at", DateTime(timezone=True)),
+    Column("revoked_at", DateTime(timezone=True)),
+)
+
+mfa_challenges = Table(
+    "mfa_challenges",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("token_hash", Text, nullable=False, unique=True),
+    Column(
+        "user_id",
+        UUID(as_uuid=True),
+        ForeignKey("users.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("tenant_id", UUID(as_uuid=True), ForeignKey("tenants.id", ondelete="CASCADE")),
+    Column("purpose", Text, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    _now(),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("used_at", DateTime(timezone=True)),
+    CheckConstraint("purpose in ('verify', 'enrol')", name="purpose_valid"),
+)
+
+auth_throttle = Table(
+    "auth_throttle",
+    metadata,
+    Column("key", Text, primary_key=True),
+    Column("failures", Integer, nullable=False, server_default=text("0")),
+    Column("last_failure_at", DateTime(timezone=True)),
+    Column("blocked_until", DateTime(timezone=True)),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False, server_default=text("clock_timestamp()")),
+    # No foreign keys: entries outlive users, memberships and tenants (append-only, trigger).
+    Column("tenant_id", UUID(as_uuid=True)),
+    Column("actor_id", UUID(as_uuid=True)),
+    Column("actor", Text),
+    Column("action", Text, nullable=False),
+    Column("target", Text),
+    Column("request_id", Text),
+    Column("ip", Text),
+    Column("details", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Index("ix_audit_log_tenant_id_at", "tenant_id", "at"),
+)
+
+resellers = Table(
+    "resellers",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("name", Text, nullable=False, unique=True),
+    Column("plan", Text, nullable=False, server_default="standard"),
+    _now(),
+)
+
+reseller_admins = Table(
+    "reseller_admins",
+    metadata,
+    Column(
+        "reseller_id",
+        UUID(as_uuid=True),
+        ForeignKey("resellers.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column(
+        "user_id",
+        UUID(as_uuid=True),
+        ForeignKey("users.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    _now(),
+)
+
+api_clients = Table(
+    "api_clients",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column(
+        "reseller_id",
+        UUID(as_uuid=True),
+        ForeignKey("resellers.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    # SHA-256 of a 256-bit random secret (a slow hash adds nothing at that entropy).
+    Column("secret_hash", Text, nullable=False),
+    Column("scopes", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    _now(),
+    Column("revoked_at", DateTime(timezone=True)),
 )

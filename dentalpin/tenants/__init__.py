@@ -9,6 +9,7 @@ from ._fleet import (
     sync_catalogue,
     tenants_behind,
     upgrade_fleet,
+    upgrade_fleet_on_workers,
 )
 from ._lifecycle import ModulesChanged, Operation, UninstallPlan, on_modules_changed
 from ._lineage import Lineage, lineages, lint_lineage, load_lineage
@@ -21,6 +22,7 @@ from ._operations import (
     submit_lifecycle,
     tenant_operation,
 )
+from ._roles import sync_tenant_roles
 
 __all__ = [
     "Drift",
@@ -47,8 +49,10 @@ __all__ = [
     "run_locked",
     "submit_lifecycle",
     "sync_catalogue",
+    "sync_tenant_roles",
     "tenant_operation",
     "tenants_behind",
     "upgrade_fleet",
+    "upgrade_fleet_on_workers",
     "validate_slug",
 ]

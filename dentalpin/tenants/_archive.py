@@ -146,6 +146,11 @@ def archive_key(settings: Settings) -> bytes:
     return path.read_bytes().strip()
 
 
+def archive_path(directory: Path, name: str) -> Path:
+    """Where `write_archive(directory, name, ...)` puts the file (it writes `.tmp` first)."""
+    return directory / f"{name}.dparchive"
+
+
 def write_archive(
     directory: Path,
     name: str,
@@ -173,7 +178,7 @@ def write_archive(
             _add(tar, f"tables/{table.name}.copy", table.data)
     encrypted = Fernet(key).encrypt(buffer.getvalue())
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{name}.dparchive"
+    path = archive_path(directory, name)
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(encrypted)
     os.replace(tmp, path)

@@ -2,7 +2,9 @@
 
 Which tenants are behind is one query on `platform.tenant_modules` against the
 code's heads; each is upgraded in its own transaction with bounded concurrency,
-and a failing tenant is recorded and isolated while the others proceed.
+and a failing tenant is recorded and isolated while the others proceed. The
+upgrades run in this process (`upgrade_fleet`) or as one `fleet.upgrade` job per
+tenant on the workers (`upgrade_fleet_on_workers`); both share `_fan_out`.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,11 +23,22 @@ from alembic.config import Config
 from sqlalchemy import Connection, bindparam, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from dentalpin.platform import Conflict, InvalidInput, PlatformError
+from dentalpin.platform._jobs import (
+    Executor,
+    JobRecord,
+    JobRecorder,
+    executor_of,
+    get_job,
+    job_kind,
+    submit,
+    withdraw_queued,
+)
 from dentalpin.platform._runtime import Platform
 from dentalpin.platform._tables import modules as catalogue
 from dentalpin.platform._tables import tenant_modules, tenants
 
-from ._lifecycle import upgrade
+from ._lifecycle import Log, Operation, Progress, _quiet, upgrade
 from ._lineage import lineages
 from ._operations import run_locked
 
@@ -147,12 +160,140 @@ class FleetReport:
         }
 
 
+TenantUpgrade = Callable[[uuid.UUID, list[str]], Awaitable[object]]
+FLEET_UPGRADE = "fleet.upgrade"
+
+
+async def upgrade_tenant(
+    platform: Platform,
+    tenant_id: uuid.UUID,
+    modules: list[str] | None,
+    log: Log = _quiet,
+    progress: Progress = _quiet,
+) -> list[dict[str, Any]]:
+    """Upgrade one tenant's modules (all installed ones with None) in its own transaction."""
+
+    async def work(op: Operation) -> list[dict[str, Any]]:
+        return await upgrade(op, modules)
+
+    return await run_locked(platform, tenant_id, work, log, progress)
+
+
 async def upgrade_fleet(
     platform: Platform,
     concurrency: int = 4,
     on_tenant: Callable[[str, str | None], None] | None = None,
 ) -> FleetReport:
-    """Upgrade every tenant that is behind, `concurrency` at a time, isolating failures."""
+    """Upgrade every tenant that is behind, `concurrency` at a time, in this process."""
+
+    async def here(tenant_id: uuid.UUID, modules: list[str]) -> object:
+        return await upgrade_tenant(platform, tenant_id, modules)
+
+    return await _fan_out(platform, concurrency, on_tenant, here)
+
+
+async def upgrade_fleet_on_workers(
+    platform: Platform,
+    concurrency: int = 4,
+    on_tenant: Callable[[str, str | None], None] | None = None,
+    executor: Executor | None = None,
+    claim_within_s: float = 60.0,
+) -> FleetReport:
+    """Upgrade every tenant that is behind through the workers: one `fleet.upgrade` job per
+    tenant on the `lifecycle` queue, at most `concurrency` of them in flight. Failures are
+    recorded and reported exactly as by `upgrade_fleet`.
+
+    Each job names the revision and version this code expects for every module; a worker
+    running other code (a rolling deploy) refuses it instead of upgrading to its own heads.
+    A job no worker claims within `claim_within_s` fails, and so does every tenant after
+    it, at once: with no worker on the queue the command ends instead of waiting forever.
+    """
+    code = code_versions(platform)
+    chosen = executor or executor_of(platform)
+    no_worker: list[str] = []
+
+    async def there(tenant_id: uuid.UUID, modules: list[str]) -> object:
+        if no_worker:
+            raise PlatformError(no_worker[0])
+        job = await submit(
+            platform,
+            FLEET_UPGRADE,
+            tenant_id,
+            {"modules": modules, "code": {m: code[m] for m in modules}},
+            chosen,
+        )
+        done = await _wait_claimed(platform, chosen, job.id, claim_within_s, no_worker)
+        if done.state != "succeeded":
+            raise PlatformError(done.error or f"job {job.id} ended {done.state}")
+        return done.result
+
+    return await _fan_out(platform, concurrency, on_tenant, there)
+
+
+async def _wait_claimed(
+    platform: Platform,
+    executor: Executor,
+    job_id: uuid.UUID,
+    claim_within_s: float,
+    no_worker: list[str],
+) -> JobRecord:
+    """Wait for a job; if nobody claims it in time, withdraw it (still queued) and say why."""
+    deadline = time.monotonic() + claim_within_s
+    delay = 0.02
+    while True:
+        job = await get_job(platform, job_id)
+        if job.state != "queued":
+            return await executor.wait(platform, job_id)
+        if time.monotonic() > deadline:
+            error = (
+                f"no worker took the job within {claim_within_s:g}s: is `dentalpin worker` "
+                "running on the lifecycle queue? (`dentalpin migrate --in-process` upgrades "
+                "the tenants without workers)"
+            )
+            if await withdraw_queued(platform, job_id, error):
+                no_worker.append(error)
+                return await get_job(platform, job_id)
+        await asyncio.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
+
+
+def code_versions(platform: Platform) -> dict[str, list[str | None]]:
+    """[head revision, version] of every module, as this process's code has them."""
+    heads = module_heads(platform)
+    return {s.name: [heads.get(s.name), s.manifest.version] for s in platform.registry}
+
+
+@job_kind(FLEET_UPGRADE)
+async def _fleet_upgrade_job(
+    platform: Platform, job: JobRecord, rec: JobRecorder
+) -> dict[str, Any]:
+    if job.tenant_id is None:
+        raise InvalidInput(f"job {job.id} has no tenant")
+    wanted: dict[str, list[str | None]] = job.params.get("code") or {}
+    mine = code_versions(platform)
+    differs = {m: (mine.get(m), v) for m, v in wanted.items() if mine.get(m) != list(v)}
+    if differs:
+        detail = "; ".join(
+            f"{m}: worker has {h}, migrate wants {w}" for m, (h, w) in differs.items()
+        )
+        raise Conflict(
+            f"this worker runs other module code than `dentalpin migrate` ({detail}); "
+            "restart the workers on the new release, or run `dentalpin migrate --in-process`"
+        )
+    modules = job.params.get("modules")
+    return {
+        "upgraded": await upgrade_tenant(platform, job.tenant_id, modules, rec.log, rec.progress)
+    }
+
+
+async def _fan_out(
+    platform: Platform,
+    concurrency: int,
+    on_tenant: Callable[[str, str | None], None] | None,
+    upgrade_one: TenantUpgrade,
+) -> FleetReport:
+    """Run `upgrade_one` for every tenant that is behind, `concurrency` at a time; a
+    failure is written to that tenant's modules and reported, the others proceed."""
     started = time.perf_counter()
     behind = await tenants_behind(platform)
     slugs = await _slugs(platform, list(behind))
@@ -163,11 +304,7 @@ async def upgrade_fleet(
         async with gate:
             slug = slugs.get(tenant_id, str(tenant_id))
             try:
-
-                async def work(op: Any) -> None:
-                    await upgrade(op, modules)
-
-                await run_locked(platform, tenant_id, work)
+                await upgrade_one(tenant_id, modules)
             except Exception as exc:
                 error = getattr(exc, "detail", None) or f"{type(exc).__name__}: {exc}"
                 report.failed[slug] = error

@@ -8,6 +8,7 @@ takes the tenant's role, so they can only touch that tenant's schema.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from dentalpin.platform import Conflict, InvalidInput, LifecycleContext, NotFound, UninstallVeto
 from dentalpin.platform._db import enter_tenant_schema
+from dentalpin.platform._jobs import note_written_file
 from dentalpin.platform._runtime import Platform
 from dentalpin.platform._tables import archives, tenant_modules
 
@@ -421,15 +423,24 @@ async def _store_archive(
 ) -> None:
     settings = op.platform.settings
     key = archive_io.archive_key(settings)
-    file = archive_io.write_archive(
-        settings.archive_dir / str(op.tenant.id),
-        f"{contents.get('module') or 'tenant'}-{archive_id}",
+    directory = settings.archive_dir / str(op.tenant.id)
+    name = f"{contents.get('module') or 'tenant'}-{archive_id}"
+    # Recorded before writing: if this transaction never commits, the file is removed (here
+    # on failure; by the next holder of the tenant when the process died, see the job row).
+    planned = archive_io.archive_path(directory, name)
+    op.written_files.append(str(planned))
+    await note_written_file(str(planned.resolve()))
+    # Compressing and encrypting is CPU work: off the event loop, so the job's heartbeat
+    # keeps beating while a large archive is written.
+    file = await asyncio.to_thread(
+        archive_io.write_archive,
+        directory,
+        name,
         {**contents, "archive_id": str(archive_id), "key": archive_io.fingerprint(key)},
         data,
         sequences,
         key,
     )
-    op.written_files.append(str(file.path))
     await op.conn.execute(
         archives.insert().values(
             id=archive_id,
@@ -479,8 +490,11 @@ async def restore(op: Operation, name: str, archive_id: uuid.UUID | None = None)
     if states.get(name, {}).get("state") == "installed":
         raise Conflict(f"module '{name}' is installed for '{op.tenant.slug}'; nothing to restore")
     row = await _find_archive(op, name, archive_id)
-    contents, data, sequences = archive_io.read_archive(
-        Path(row.path), row.sha256, archive_io.archive_key(op.platform.settings)
+    contents, data, sequences = await asyncio.to_thread(
+        archive_io.read_archive,
+        Path(row.path),
+        row.sha256,
+        archive_io.archive_key(op.platform.settings),
     )
     await _bring_back_dependencies(op, name)
     lineage = op.lineages[name]

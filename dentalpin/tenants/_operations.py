@@ -17,7 +17,14 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from dentalpin.platform import Conflict, InvalidInput, NotFound
-from dentalpin.platform._jobs import JobRecord, JobRecorder, job_kind, submit
+from dentalpin.platform._jobs import (
+    JobRecord,
+    JobRecorder,
+    files_written_by_jobs,
+    forget_written_files,
+    job_kind,
+    submit,
+)
 from dentalpin.platform._runtime import Platform
 from dentalpin.platform._tables import archives, tenant_modules, tenants
 
@@ -138,9 +145,41 @@ async def tenant_operation(
             yield op
         except BaseException:
             for path in op.written_files:
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
+                for leftover in (path, str(Path(path).with_suffix(".tmp"))):
+                    with contextlib.suppress(OSError):
+                        os.unlink(leftover)
             raise
+
+
+async def discard_orphan_files(op: Operation) -> None:
+    """Delete archive files that an attempt of a job on this tenant recorded and wrote but
+    never committed (its process died before the commit, so no `platform.archives` row
+    names the file).
+
+    Safe because it runs under the tenant's lifecycle lock: every archive writer holds
+    that lock until its transaction ends, so no attempt that wrote one of these files can
+    still commit. Files with a committed row are kept; each job's list is then cleared.
+    Called by the operations that write archives (uninstall, tenant archive), so their
+    retry after a dead worker cleans up after the dead attempt.
+    """
+    recorded = await files_written_by_jobs(op.platform, op.tenant.id)
+    if not recorded:
+        return
+    paths = {path for listed in recorded.values() for path in listed}
+    committed = set(
+        (await op.conn.execute(select(archives.c.path).where(archives.c.path.in_(paths))))
+        .scalars()
+        .all()
+    )
+    for path in sorted(paths - committed):
+        removed = False
+        for leftover in (path, str(Path(path).with_suffix(".tmp"))):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
+                removed = True
+        if removed:
+            await op.log(f"removed {path}, written by an attempt that never committed")
+    await forget_written_files(op.platform, list(recorded))
 
 
 async def run_locked(
@@ -157,9 +196,12 @@ async def run_locked(
             async with tenant_operation(platform, tenant_id, log, progress) as op:
                 return await work(op)
         except DBAPIError as exc:
-            if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE or attempt == retries:
+            # The transaction is gone either way, so the whole operation can run again.
+            busy = getattr(exc.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE
+            if not (busy or exc.connection_invalidated) or attempt == retries:
                 raise
-            await log(f"a table was busy (lock timeout); retrying, attempt {attempt + 1}/{retries}")
+            reason = "a table was busy (lock timeout)" if busy else "lost the database connection"
+            await log(f"{reason}; retrying, attempt {attempt + 1}/{retries}")
             await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
     raise AssertionError("unreachable")
 
@@ -227,6 +269,7 @@ async def _uninstall_job(platform: Platform, job: JobRecord, rec: JobRecorder) -
         await _set_states(platform, tenant_id, plan.modules, "installed", "uninstalling")
 
     async def work(op: Operation) -> dict[str, Any]:
+        await discard_orphan_files(op)
         return await uninstall(
             op, job.params["module"], bool(job.params.get("cascade")), mark_uninstalling
         )
@@ -286,6 +329,7 @@ async def _archive_tenant_job(
     platform: Platform, job: JobRecord, rec: JobRecorder
 ) -> dict[str, Any]:
     async def work(op: Operation) -> dict[str, Any]:
+        await discard_orphan_files(op)
         return await archive_tenant(op)
 
     try:

@@ -95,7 +95,7 @@ async def test_image_and_migrations_provision_identical_tenants(
     assert a["schema"] == b["schema"]
     assert a["modules"] == b["modules"]
     assert a["version_tables"] == b["version_tables"]
-    assert all(obj for s in a["modules"].values() for obj in s["owned_objects"])
+    assert all(s["owned_objects"] for s in a["modules"].values())
 
 
 async def test_once_captured_no_alembic_runs_for_a_sign_up(
@@ -115,23 +115,31 @@ async def test_once_captured_no_alembic_runs_for_a_sign_up(
 
 
 async def test_captured_images_never_name_the_scratch_schema(platform: Platform) -> None:
-    async with platform.db.engine.connect() as conn, conn.begin():
-        for name in [*platform.registry.auto_install(), *MODULES]:
-            image = await image_for(platform, conn, name)
-            assert isinstance(image, DdlImage)
-            assert image.statements
-            for statement in image.statements:
-                assert "dp_scratch_" not in statement.sql.lower()
-                assert "alembic_version" not in statement.sql or name in statement.sql
-            assert image.script is not None
-            assert image.revision == lineages(platform.registry, platform.state)[name].head
-        # The capture ran in a savepoint that was rolled back: no scratch schema is left.
-        left = await conn.execute(
-            text("select nspname from pg_namespace where nspname like 'dp\\_scratch\\_%'")
-        )
-        assert left.first() is None
-        path = (await conn.execute(text("show search_path"))).scalar_one()
-        assert "dp_scratch" not in path
+    # A platform of its own: nothing cached yet, so every image is captured here.
+    fresh = Platform(
+        platform.settings, Database.from_settings(platform.settings), platform.registry
+    )
+    try:
+        async with fresh.db.engine.connect() as conn, conn.begin():
+            before = (await conn.execute(text("show search_path"))).scalar_one()
+            for name in [*fresh.registry.auto_install(), *MODULES]:
+                image = await image_for(fresh, conn, name)
+                assert isinstance(image, DdlImage)
+                assert image.statements
+                for statement in image.statements:
+                    assert "dp_scratch_" not in statement.sql.lower()
+                    assert "alembic_version" not in statement.sql or name in statement.sql
+                assert image.script is not None
+                assert image.revision == lineages(fresh.registry, fresh.state)[name].head
+            # Captured in savepoints that were rolled back: no scratch schema is left, and
+            # the transaction's search path is what it was.
+            left = await conn.execute(
+                text("select nspname from pg_namespace where nspname like 'dp\\_scratch\\_%'")
+            )
+            assert left.first() is None
+            assert (await conn.execute(text("show search_path"))).scalar_one() == before
+    finally:
+        await fresh.close()
 
 
 # Modules of the tests' own, with lineages in a temporary directory ----------------------
