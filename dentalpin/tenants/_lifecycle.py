@@ -46,7 +46,7 @@ _listeners: list[ModulesChanged] = []
 
 
 def on_modules_changed(listener: ModulesChanged) -> ModulesChanged:
-    """Register `listener(op, {module: "installed" | "uninstalled"})`, called inside the
+    """Register `listener(op, {module: "installed" | "upgraded" | "uninstalled"})`, called in the
     lifecycle transaction after modules changed (tenant roles, pending deliveries...)."""
     _listeners.append(listener)
     return listener
@@ -262,6 +262,9 @@ async def upgrade(op: Operation, names: list[str] | None = None) -> list[dict[st
         )
         await op.progress((index + 1) / len(targets), f"upgraded {name}")
         await op.log(f"upgraded {name} {state['revision']} -> {revision}")
+    if done:
+        # A new version may grant roles differently; listeners recompute what depends on it.
+        await announce(op, {d["module"]: "upgraded" for d in done})
     return done
 
 

@@ -364,3 +364,38 @@ async def test_archive_strips_and_tenant_restore_reseeds_roles(platform):
         assert login.status_code == 200, login.text
         reminders = await http.get(REMINDERS, headers=bearer(login.json()["access_token"]))
         assert reminders.status_code == 200
+
+
+async def test_roles_follow_a_module_upgrade_that_changes_its_grants(platform, tmp_path):
+    from dentalpin.tenants import upgrade_fleet
+    from tests.tenants.factory import build_module, platform_with
+
+    permissions = {"note.read": "Read notes", "note.write": "Write notes"}
+    old = build_module(
+        tmp_path / "v1",
+        "noted",
+        [],
+        version="1.0.0",
+        permissions=permissions,
+        role_grants={"admin": "*", "dentist": ("note.read",)},
+    )
+    p1 = platform_with(platform, old)
+    tenant = await create_tenant(p1, unique_slug("regrant"), modules=["noted"])
+    await p1.close()
+    assert "noted.note.write" not in (await grants(platform, tenant))["dentist"]
+
+    new = build_module(
+        tmp_path / "v2",
+        "noted",
+        [],
+        version="1.1.0",
+        permissions=permissions,
+        role_grants={"admin": "*", "dentist": ("note.read", "note.write")},
+    )
+    p2 = platform_with(platform, new)
+    try:
+        report = await upgrade_fleet(p2)
+        assert tenant.slug in report.upgraded
+        assert "noted.note.write" in (await grants(p2, tenant))["dentist"]
+    finally:
+        await p2.close()
