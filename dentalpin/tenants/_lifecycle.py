@@ -21,7 +21,14 @@ from sqlalchemy import Connection, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from dentalpin.platform import Conflict, InvalidInput, LifecycleContext, NotFound, UninstallVeto
+from dentalpin.platform import (
+    Conflict,
+    InvalidInput,
+    LifecycleContext,
+    Module,
+    NotFound,
+    UninstallVeto,
+)
 from dentalpin.platform._db import enter_tenant_schema
 from dentalpin.platform._jobs import note_written_file
 from dentalpin.platform._runtime import Platform
@@ -193,6 +200,8 @@ def _requirements_checker(
 async def _hook(op: Operation, name: str, hook: str, **extra: Any) -> None:
     """Call a module hook in a session confined to the tenant's schema and role."""
     module = op.platform.registry.get(name).module
+    if getattr(type(module), hook) is getattr(Module, hook):
+        return  # not overridden: skip the session, its role switch and their round trips
     states = await op.states()
     session = op.platform.db.session_on(op.conn, op.tenant.scope)
     async with session:
