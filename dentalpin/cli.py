@@ -276,8 +276,34 @@ def demo(slug: str = typer.Option("demo", help="Slug of the demo clinic.")) -> N
             return
         tenant = await create_tenant(platform, slug, "Clínica Dental Demo")
         out.print(f"created demo clinic '{tenant.slug}' (schema {tenant.schema_name})")
+        await _demo_user(platform, tenant)
 
     run(go)
+
+
+DEMO_EMAIL = "recepcion@demo.dentalpin.test"
+DEMO_PASSWORD = "demo-password-123"  # noqa: S105 - a published demo login, development only
+
+
+async def _demo_user(platform: Platform, tenant: TenantRecord) -> None:
+    """A receptionist for the demo clinic, so `up` can be tried with a real login at once.
+    (Admin roles require a second factor, so the demo login is not an admin.)"""
+    from dentalpin.platform._audit import CLI
+    from dentalpin.platform._identity import create_user, find_user, set_membership
+
+    if platform.settings.environment == "production":
+        return
+    async with platform.db.engine.connect() as conn, conn.begin():
+        user = await find_user(conn, DEMO_EMAIL) or await create_user(
+            conn, DEMO_EMAIL, "Recepción Demo", DEMO_PASSWORD, ctx=CLI
+        )
+        await set_membership(
+            conn, platform.registry, tenant.id, user.id, ["receptionist"], ctx=CLI, add=True
+        )
+    out.print(
+        f"demo login: {DEMO_EMAIL} / {DEMO_PASSWORD} (receptionist of '{tenant.slug}'); "
+        f'POST /api/v1/auth/login {{"email", "password", "tenant": "{tenant.slug}"}}'
+    )
 
 
 @app.command()
