@@ -367,3 +367,32 @@ async def test_tenant_whose_schema_was_dropped_behind_the_platform(
     plan = cli("modules", "uninstall", "zeta", "fx_people", "--dry-run", code=1)
     assert "does not exist" in plan.output
     assert await states(p, "zeta") == {"fx_people": "installed"}  # nothing pretended
+
+
+async def test_demo_clinic_comes_with_a_working_login(cli: Cli, fresh_platform: Platform) -> None:
+    import httpx
+
+    from dentalpin.app import create_app
+
+    first = cli("demo")
+    assert "created demo clinic 'demo'" in first.stdout
+    assert "recepcion@demo.dentalpin.test" in first.stdout
+    assert "already exists" in cli("demo").stdout  # idempotent: `up` runs it every time
+
+    transport = httpx.ASGITransport(app=create_app(fresh_platform))
+    async with httpx.AsyncClient(transport=transport, base_url="http://demo.localhost") as http:
+        login = await http.post(
+            "/api/v1/auth/login",
+            json={
+                "email": "recepcion@demo.dentalpin.test",
+                "password": "demo-password-123",
+                "tenant": "demo",
+            },
+        )
+        assert login.status_code == 200, login.text
+        token = login.json()["access_token"]
+        listed = await http.get(
+            "/api/v1/fx_people/people", headers={"Authorization": f"Bearer {token}"}
+        )
+    assert listed.status_code == 200
+    assert [p["name"] for p in listed.json()] == ["Front desk"]
