@@ -496,6 +496,39 @@ def tenants_verify(
     raise typer.Exit(run(go))
 
 
+@tenants_app.command("spares")
+def tenants_spares(
+    fill: Annotated[
+        int | None,
+        typer.Option(
+            "--fill",
+            help="Create spares until N are ready (0: up to DENTALPIN_SPARE_SCHEMAS).",
+            min=0,
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Spare schemas: how many are ready for create_tenant to claim; --fill tops them up."""
+    from dentalpin.tenants._spares import fill_spares, spare_pool
+
+    async def go(platform: Platform) -> None:
+        created = 0
+        if fill is not None:
+            created = await fill_spares(platform, fill or None)
+        pool = await spare_pool(platform)
+        if as_json:
+            emit_json({**pool.as_dict(), "created": created})
+            return
+        if fill is not None:
+            out.print(f"created {created} spare schema(s)")
+        out.print(
+            f"{pool.ready} spare schema(s) ready to claim, {pool.total} in all "
+            f"(target {pool.target}, DENTALPIN_SPARE_SCHEMAS)"
+        )
+
+    run(go)
+
+
 @tenants_app.command("archive")
 def tenants_archive(
     slug: str,

@@ -396,3 +396,24 @@ async def test_demo_clinic_comes_with_a_working_login(cli: Cli, fresh_platform: 
         )
     assert listed.status_code == 200
     assert [p["name"] for p in listed.json()] == ["Front desk"]
+
+
+async def test_spare_schemas_are_filled_claimed_and_hidden(
+    cli: Cli, fresh_platform: Platform
+) -> None:
+    assert cli("tenants", "spares", "--json").json() == {
+        "ready": 0,
+        "total": 0,
+        "target": 0,
+        "created": 0,
+    }
+    cli.env["DENTALPIN_SPARE_SCHEMAS"] = "2"
+    filled = cli("tenants", "spares", "--fill", "0", "--json").json()
+    assert filled == {"ready": 2, "total": 2, "target": 2, "created": 2}
+    assert cli("tenants", "list", "--json").json() == []
+    already = cli("tenants", "spares", "--fill", "1").output
+    assert "created 0 spare schema(s)" in already and "2 spare schema(s) ready" in already
+    cli("tenants", "create", "gamma")
+    assert await people(fresh_platform, "gamma") == ["Front desk"]
+    assert cli("tenants", "spares", "--json").json()["ready"] == 1
+    assert [t["slug"] for t in cli("tenants", "list", "--json").json()] == ["gamma"]

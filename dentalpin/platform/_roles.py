@@ -81,20 +81,21 @@ async def sync_roles(
             select(roles.c.name, roles.c.builtin).where(roles.c.tenant_id == tenant_id)
         )
     }
+    new_roles = []
     for role in list(grants):
         if role in existing and not existing[role]:
             grants.pop(role)  # a clinic's custom role of that name stays the clinic's
         elif role not in existing:
-            await conn.execute(
-                pg_insert(roles)
-                .values(
-                    tenant_id=tenant_id,
-                    name=role,
-                    description=BUILTIN_ROLES.get(role, role.replace("_", " ").capitalize()),
-                    builtin=True,
-                )
-                .on_conflict_do_nothing()
+            new_roles.append(
+                {
+                    "tenant_id": tenant_id,
+                    "name": role,
+                    "description": BUILTIN_ROLES.get(role, role.replace("_", " ").capitalize()),
+                    "builtin": True,
+                }
             )
+    if new_roles:  # one statement, not one round trip per role
+        await conn.execute(pg_insert(roles).values(new_roles).on_conflict_do_nothing())
     system = sorted({r for r, builtin in existing.items() if builtin} | set(grants))
     current = {
         (row.role, row.permission)

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     """Bring a tenant's module to head (a fresh install, or a fleet upgrade) by replaying a
     captured DDL image instead of running Alembic in the tenant, wherever that is exactly
     what the revisions would do (same result, tested); off to compare or to rule it out."""
+    spare_schemas: int = Field(default=0, ge=0)
+    """How many spare tenant schemas (`DENTALPIN_SPARE_SCHEMAS`) `dentalpin tenants spares
+    --fill` keeps ready: provisioned in advance, claimed by `create_tenant`. 0: none."""
     job_heartbeat_stale_s: float = 120.0
     job_executor: Literal["auto", "celery", "inprocess"] = "auto"
     """Where lifecycle jobs run: `celery` (workers consuming the `lifecycle` queue),

@@ -25,7 +25,8 @@ from ._module import NAMING_CONVENTION
 PLATFORM_SCHEMA = "platform"
 metadata = MetaData(schema=PLATFORM_SCHEMA, naming_convention=NAMING_CONVENTION)
 
-TENANT_STATES = ("provisioning", "active", "archiving", "archived", "failed")
+TENANT_STATES = ("provisioning", "active", "archiving", "archived", "failed", "spare")
+"""`spare`: provisioned in advance, not yet a clinic's (revision 0003_spare_schemas)."""
 MODULE_STATES = ("installing", "installed", "uninstalling", "uninstalled", "failed")
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 CATALOGUE_STATES = ("available", "quarantined", "missing")

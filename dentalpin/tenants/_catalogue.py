@@ -51,6 +51,9 @@ RESERVED_SLUGS = frozenset(
     }
 )
 _ALPHABET = string.ascii_lowercase + string.digits
+SPARE = "spare"
+"""Status of a schema provisioned in advance: no clinic's, so no lookup or listing shows it."""
+HIDDEN = ("archived", SPARE)
 
 
 @dataclass(frozen=True)
@@ -128,14 +131,14 @@ def tenant_record(row: Any) -> TenantRecord:
 
 
 async def find_tenant(conn: AsyncConnection, slug: str, *, lock: bool = False) -> TenantRecord:
-    """The live (not archived) tenant with this slug."""
-    query = select(tenants).where(tenants.c.slug == slug, tenants.c.status != "archived")
+    """The live (not archived, not spare) tenant with this slug."""
+    query = select(tenants).where(tenants.c.slug == slug, tenants.c.status.not_in(HIDDEN))
     if lock:
         query = query.with_for_update()
     row = (await conn.execute(query)).first()
     if row is None:
         known = (
-            await conn.execute(select(tenants.c.slug).where(tenants.c.status != "archived"))
+            await conn.execute(select(tenants.c.slug).where(tenants.c.status.not_in(HIDDEN)))
         ).scalars()
         raise NotFound(f"No tenant with slug '{slug}'.{did_you_mean(slug, known)}")
     return tenant_record(row)
@@ -151,7 +154,7 @@ async def tenant_by_id(conn: AsyncConnection, tenant_id: uuid.UUID) -> TenantRec
 async def all_tenants(
     conn: AsyncConnection, *, include_archived: bool = False
 ) -> list[TenantRecord]:
-    query = select(tenants).order_by(tenants.c.slug)
+    query = select(tenants).where(tenants.c.status != SPARE).order_by(tenants.c.slug)
     if not include_archived:
         query = query.where(tenants.c.status != "archived")
     return [tenant_record(row) for row in await conn.execute(query)]

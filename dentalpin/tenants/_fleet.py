@@ -38,6 +38,7 @@ from dentalpin.platform._runtime import Platform
 from dentalpin.platform._tables import modules as catalogue
 from dentalpin.platform._tables import tenant_modules, tenants
 
+from ._catalogue import SPARE
 from ._lifecycle import Log, Operation, Progress, _quiet, upgrade
 from ._lineage import lineages
 from ._operations import run_locked
@@ -132,7 +133,7 @@ async def tenants_behind(platform: Platform) -> dict[uuid.UUID, list[str]]:
         f"""
         select tm.tenant_id, array_agg(tm.module order by tm.module) as modules
           from platform.tenant_modules tm
-          join platform.tenants t on t.id = tm.tenant_id and t.status = 'active'
+          join platform.tenants t on t.id = tm.tenant_id and t.status in ('active', 'spare')
           join (values {values}) as code(module, head, version) on code.module = tm.module
          where tm.state = 'installed'
            and (tm.revision is distinct from code.head or tm.version is distinct from code.version)
@@ -176,7 +177,8 @@ async def upgrade_tenant(
     async def work(op: Operation) -> list[dict[str, Any]]:
         return await upgrade(op, modules)
 
-    return await run_locked(platform, tenant_id, work, log, progress)
+    # Spares are upgraded with the fleet (migrations only), so they stay claimable.
+    return await run_locked(platform, tenant_id, work, log, progress, ("active", SPARE))
 
 
 async def upgrade_fleet(

@@ -35,7 +35,7 @@ from dentalpin.platform._runtime import Platform
 from dentalpin.platform._tables import archives, tenant_modules
 
 from . import _archive as archive_io
-from ._catalogue import TenantRecord, module_states
+from ._catalogue import SPARE, TenantRecord, module_states
 from ._images import migrate_from_image
 from ._introspect import owned_objects, tables_in_load_order
 from ._lineage import Lineage, MigrationError, lineages, run_alembic
@@ -74,6 +74,12 @@ class Operation:
     log: Log = _quiet
     progress: Progress = _quiet
     written_files: list[str] = field(default_factory=list)
+
+    @property
+    def spare(self) -> bool:
+        """A spare schema gets migrations only: hooks and listeners run when it is claimed
+        (seeding belongs to the clinic)."""
+        return self.tenant.status == SPARE
 
     @property
     def lineages(self) -> dict[str, Lineage]:
@@ -124,12 +130,30 @@ async def install(op: Operation, names: list[str]) -> list[str]:
             archive_id=None,
             error=None,
         )
-        await _hook(op, name, "on_install")
-        await _hook(op, name, "seed")
+        if not op.spare:
+            await _hook(op, name, "on_install")
+            await _hook(op, name, "seed")
         await op.progress((index + 1) / len(plan), f"installed {name}")
         await op.log(f"installed {name} {manifest.version} (revision {revision})")
-    await announce(op, dict.fromkeys(plan, "installed"))
+    if not op.spare:
+        await announce(op, dict.fromkeys(plan, "installed"))
     return plan
+
+
+async def seed_installed(op: Operation, names: list[str]) -> None:
+    """What `install` does after the migrations, for modules a spare schema already has:
+    their install and seed hooks, dependencies first, then the announcement (tenant roles)."""
+    ordered = op.platform.registry.ordered(names)
+    now = datetime.now(UTC)
+    await op.conn.execute(
+        update(tenant_modules)
+        .where(tenant_modules.c.tenant_id == op.tenant.id, tenant_modules.c.module.in_(ordered))
+        .values(installed_at=now, updated_at=now)
+    )
+    for name in ordered:
+        await _hook(op, name, "on_install")
+        await _hook(op, name, "seed")
+    await announce(op, dict.fromkeys(ordered, "installed"))
 
 
 async def _check_extensions(op: Operation, plan: list[str]) -> None:
@@ -259,7 +283,8 @@ async def upgrade(op: Operation, names: list[str] | None = None) -> list[dict[st
             owned_objects=sorted(owned),
             error=None,
         )
-        await _hook(op, name, "on_upgrade", from_version=state["version"])
+        if not op.spare:
+            await _hook(op, name, "on_upgrade", from_version=state["version"])
         done.append(
             {
                 "module": name,
@@ -271,7 +296,7 @@ async def upgrade(op: Operation, names: list[str] | None = None) -> list[dict[st
         )
         await op.progress((index + 1) / len(targets), f"upgraded {name}")
         await op.log(f"upgraded {name} {state['revision']} -> {revision}")
-    if done:
+    if done and not op.spare:
         # A new version may grant roles differently; listeners recompute what depends on it.
         await announce(op, {d["module"]: "upgraded" for d in done})
     return done

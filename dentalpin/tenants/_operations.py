@@ -58,9 +58,11 @@ from ._lifecycle import (
     load_module_data,
     plan_uninstall,
     restore,
+    seed_installed,
     uninstall,
     upgrade,
 )
+from ._spares import claim_spare
 
 T = TypeVar("T")
 LOCK_NOT_AVAILABLE = "55P03"
@@ -82,40 +84,68 @@ async def create_tenant(
     log: Log = _quiet,
     progress: Progress = _quiet,
 ) -> TenantRecord:
-    """Provision a tenant: its row, schema and role, and its auto-install and chosen modules."""
+    """Provision a tenant: its row, schema and role, and its auto-install and chosen modules.
+
+    A spare schema (see `_spares`) is claimed when one is ready; otherwise all is made here."""
     validate_slug(slug)
     name = validate_name(name or slug.replace("-", " ").title())
     wanted = list(dict.fromkeys([*platform.registry.auto_install(), *(modules or [])]))
     for module in wanted:
         platform.registry.get(module)
-    tenant_id = uuid.uuid4()
-    schema = new_schema_name()
     async with platform.db.engine.connect() as conn, conn.begin():
-        try:
-            row = (
-                await conn.execute(
-                    insert(tenants)
-                    .values(
-                        id=tenant_id,
-                        slug=slug,
-                        name=name,
-                        schema_name=schema,
-                        db_role=f"{platform.settings.role_prefix}{schema}",
-                        status="provisioning",
-                    )
-                    .returning(*tenants.c)
+        claimed = await claim_spare(platform, conn, slug, name)
+        if claimed is not None:
+            # Migrated in advance; what remains is the clinic's: seed, hooks, roles, extras.
+            op = Operation(platform, conn, claimed, log, progress)
+            await op.begin()
+            installed = await op.installed()
+            await seed_installed(op, installed)
+            extra = [m for m in wanted if m not in installed]
+            if extra:
+                await install(op, extra)
+            tenant = claimed
+        else:
+            tenant = await _provision(platform, conn, slug, name, wanted, log, progress)
+    how = "spare schema" if claimed is not None else "schema"
+    await log(f"created tenant '{slug}' in {how} {tenant.schema_name}")
+    return tenant
+
+
+async def _provision(
+    platform: Platform,
+    conn: AsyncConnection,
+    slug: str,
+    name: str,
+    wanted: list[str],
+    log: Log,
+    progress: Progress,
+) -> TenantRecord:
+    """The tenant made from nothing: row, schema, role, every module's migrations and hooks."""
+    schema = new_schema_name()
+    try:
+        row = (
+            await conn.execute(
+                insert(tenants)
+                .values(
+                    id=uuid.uuid4(),
+                    slug=slug,
+                    name=name,
+                    schema_name=schema,
+                    db_role=f"{platform.settings.role_prefix}{schema}",
+                    status="provisioning",
                 )
-            ).one()
-        except IntegrityError:
-            raise Conflict(f"a tenant with slug '{slug}' already exists") from None
-        tenant = tenant_record(row)
-        await create_schema_and_role(conn, tenant.scope)
-        op = Operation(platform, conn, tenant, log, progress)
-        await op.begin()
-        if wanted:
-            await install(op, wanted)
-        await conn.execute(update(tenants).where(tenants.c.id == tenant_id).values(status="active"))
-    await log(f"created tenant '{slug}' in schema {schema}")
+                .returning(*tenants.c)
+            )
+        ).one()
+    except IntegrityError:
+        raise Conflict(f"a tenant with slug '{slug}' already exists") from None
+    tenant = tenant_record(row)
+    await create_schema_and_role(conn, tenant.scope)
+    op = Operation(platform, conn, tenant, log, progress)
+    await op.begin()
+    if wanted:
+        await install(op, wanted)
+    await conn.execute(update(tenants).where(tenants.c.id == tenant.id).values(status="active"))
     return TenantRecord(**{**tenant.__dict__, "status": "active"})
 
 
@@ -125,11 +155,12 @@ async def tenant_operation(
     tenant: TenantRecord | uuid.UUID,
     log: Log = _quiet,
     progress: Progress = _quiet,
+    statuses: tuple[str, ...] = ("active",),
 ) -> AsyncIterator[Operation]:
     """One transaction holding the tenant's lock, in the tenant's schema."""
     async with platform.db.engine.connect() as conn, conn.begin():
         record = await tenant_by_id(conn, tenant if isinstance(tenant, uuid.UUID) else tenant.id)
-        if record.status != "active":
+        if record.status not in statuses:
             raise Conflict(f"tenant '{record.slug}' is {record.status}")
         await lock_tenant(conn, record.id, platform.settings.lifecycle_lock_wait_s)
         if not await schema_exists(conn, record.schema_name):
@@ -188,12 +219,13 @@ async def run_locked(
     work: Callable[[Operation], Awaitable[T]],
     log: Log = _quiet,
     progress: Progress = _quiet,
+    statuses: tuple[str, ...] = ("active",),
 ) -> T:
     """Run `work` in a tenant operation, retried when DDL could not get its locks in time."""
     retries = platform.settings.ddl_lock_retries
     for attempt in range(1, retries + 1):
         try:
-            async with tenant_operation(platform, tenant_id, log, progress) as op:
+            async with tenant_operation(platform, tenant_id, log, progress, statuses) as op:
                 return await work(op)
         except DBAPIError as exc:
             # The transaction is gone either way, so the whole operation can run again.
