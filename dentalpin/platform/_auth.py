@@ -422,24 +422,9 @@ async def complete_mfa(
             failure = InvalidCredentials("the code is not valid")
         else:
             await conn.execute(
-                update(mfa_challenges)
-                .where(mfa_challenges.c.id == challenge.id)
-                .values(used_at=func.now())
-            )
-            await conn.execute(
                 update(users).where(users.c.id == user.id).values(totp_last_step=step)
             )
-            await throttle_succeeded(conn, account_key(user.email))
-            membership = await _membership_for(conn, user.id, challenge.tenant_id)
-            pair = await _new_session(platform, conn, user.id, membership, mfa=True)
-            await record(
-                conn,
-                actor,
-                "login.succeeded",
-                tenant_id=challenge.tenant_id,
-                target=user.email,
-                mfa=True,
-            )
+            pair = await _finish_mfa_login(platform, conn, actor, user, challenge)
     if failure is not None:
         raise failure
     assert pair is not None
@@ -519,22 +504,7 @@ async def confirm_enrolment(
             )
             await record(conn, actor, "mfa.enrolled", target=user.email)
             if challenge is not None:
-                await conn.execute(
-                    update(mfa_challenges)
-                    .where(mfa_challenges.c.id == challenge.id)
-                    .values(used_at=func.now())
-                )
-                await throttle_succeeded(conn, account_key(user.email))
-                membership = await _membership_for(conn, user.id, challenge.tenant_id)
-                pair = await _new_session(platform, conn, user.id, membership, mfa=True)
-                await record(
-                    conn,
-                    actor,
-                    "login.succeeded",
-                    tenant_id=challenge.tenant_id,
-                    target=user.email,
-                    mfa=True,
-                )
+                pair = await _finish_mfa_login(platform, conn, actor, user, challenge)
     if failure is not None:
         raise failure
     return pair
@@ -682,3 +652,19 @@ async def tenant_summary(platform: Platform, tenant_id: uuid.UUID) -> dict[str, 
     if row is None:
         raise NotFound("no such clinic")
     return {"id": str(row.id), "slug": row.slug, "name": row.name}
+
+
+async def _finish_mfa_login(
+    platform: Platform, conn: AsyncConnection, actor: AuditContext, user: Any, challenge: Any
+) -> TokenPair:
+    """The second factor checked out: spend the challenge and open the session."""
+    await conn.execute(
+        update(mfa_challenges).where(mfa_challenges.c.id == challenge.id).values(used_at=func.now())
+    )
+    await throttle_succeeded(conn, account_key(user.email))
+    membership = await _membership_for(conn, user.id, challenge.tenant_id)
+    pair = await _new_session(platform, conn, user.id, membership, mfa=True)
+    await record(
+        conn, actor, "login.succeeded", tenant_id=challenge.tenant_id, target=user.email, mfa=True
+    )
+    return pair
