@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import ColumnElement, Executable, func, insert, select, text, update
 from sqlalchemy.engine import CursorResult
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, PendingRollbackError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ._db import Database
@@ -120,8 +120,11 @@ class JobRecorder:
                         self._conn = await self._db.engine.connect()
                         await self._conn.execution_options(isolation_level="AUTOCOMMIT")
                     return await self._conn.execute(statement)
-                except DBAPIError as exc:
-                    if last or not exc.connection_invalidated:
+                except (DBAPIError, PendingRollbackError) as exc:
+                    # PendingRollbackError: an earlier statement found the connection dead and
+                    # invalidated it; it must be replaced just the same.
+                    lost = isinstance(exc, PendingRollbackError) or exc.connection_invalidated
+                    if last or not lost:
                         raise
                     log.warning("job %s: database connection lost; reconnecting", self.job_id)
                     await self._drop()
