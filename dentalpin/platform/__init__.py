@@ -14,6 +14,7 @@ from ._errors import (
     UninstallVeto,
     UnknownModule,
 )
+from ._events import Event, EventContext, Handler, publish
 from ._manifest import Category, Manifest, NavEntry
 from ._module import (
     NAMING_CONVENTION,
@@ -53,6 +54,9 @@ __all__ = [
     "Category",
     "Conflict",
     "CurrentPrincipal",
+    "Event",
+    "EventContext",
+    "Handler",
     "InvalidInput",
     "LifecycleContext",
     "Manifest",
@@ -69,5 +73,6 @@ __all__ = [
     "UnknownModule",
     "module_metadata",
     "public",
+    "publish",
     "require_permission",
 ]
