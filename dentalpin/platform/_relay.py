@@ -345,15 +345,20 @@ async def _reindex(work: _Pass, seq: int | None) -> None:
 
 
 async def mark_due(
-    session: Any, tenant_id: uuid.UUID, due: Any, *, keep_earlier_unless_seq: int | None = None
+    session: Any,
+    tenant_id: uuid.UUID,
+    due: datetime | None,
+    *,
+    keep_earlier_unless_seq: int | None = None,
 ) -> None:
-    """Upsert the tenant's index entry. An entry whose seq moved on (a publish since the
-    pass began) keeps its own due time when that is earlier."""
+    """Upsert the tenant's index entry, due at `due` (None: now). An entry whose seq moved
+    on (a publish since the pass began) keeps its own due time when that is earlier."""
     await session.execute(
         text(
             """
             insert into platform.event_tenants (tenant_id, due_at, seq)
-            values (:t, :due, nextval('platform.event_tenants_seq'))
+            values (:t, coalesce(cast(:due as timestamptz), now()),
+                    nextval('platform.event_tenants_seq'))
             on conflict (tenant_id) do update
                set due_at = case when platform.event_tenants.seq = :seq
                                  then excluded.due_at
@@ -474,8 +479,10 @@ async def retry_dead(
             await session.execute(
                 delete(event_dead_letters).where(event_dead_letters.c.id == row.id)
             )
-            await mark_due(session, row.tenant_id, func.now())
+            await mark_due(session, row.tenant_id, None)
         touched.add(row.tenant_id)
+    if platform.db.on_published is not None and touched:
+        platform.db.on_published({scopes[t] for t in touched})
     return sorted(touched)
 
 
