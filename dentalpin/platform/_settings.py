@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     """`statement_timeout` of the workers' database sessions (0: none)."""
     worker_idle_in_transaction_timeout_ms: int = Field(default=120_000, ge=0)
     """`idle_in_transaction_session_timeout` of the workers' database sessions (0: none)."""
+    worker_client_check_ms: int = Field(default=2_000, ge=0)
+    """`client_connection_check_interval` of the workers' sessions: a worker killed in the
+    middle of a statement has its transaction (and the locks it holds, such as an event's
+    inbox row) ended within this time, not when the statement finishes (0: off)."""
     events_relay: Literal["auto", "celery", "inprocess", "off"] = "auto"
     """How a commit that published events nudges delivery: `celery` (a task on the `events`
     queue), `inprocess` (delivered by the publishing process, for tests and tools), `off`
