@@ -96,6 +96,8 @@ class Settings(BaseSettings):
     events_nudge_timeout_s: float = Field(default=0.5, gt=0)
     events_breaker_cooldown_s: float = Field(default=10.0, gt=0)
     """After a failed nudge, commits skip the broker this long (the sweep covers them)."""
+    metrics_token: SecretStr | None = None
+    """Bearer token Prometheus sends to `/metrics`; in production, no token: no endpoint."""
     archive_retention_days: int = 365 * 6
     """Spanish law keeps clinical records at least five years; archives outlive that."""
 
