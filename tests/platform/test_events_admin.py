@@ -9,8 +9,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
 from dentalpin_worker_fixtures.fx_ledger import add_entry
+from pydantic import SecretStr
 from sqlalchemy import text
 
 from dentalpin.platform._runtime import Platform
