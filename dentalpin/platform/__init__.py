@@ -23,6 +23,7 @@ from ._module import (
     TenantRef,
     module_metadata,
 )
+from ._periodic import Periodic, PeriodicContext
 from ._registry import Registry
 
 if TYPE_CHECKING:
@@ -63,6 +64,8 @@ __all__ = [
     "Module",
     "NavEntry",
     "NotFound",
+    "Periodic",
+    "PeriodicContext",
     "PlatformError",
     "Principal",
     "Registry",

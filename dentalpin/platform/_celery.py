@@ -21,12 +21,15 @@ from celery.signals import worker_process_init, worker_process_shutdown, worker_
 from . import _workers
 from ._jobs import reap_jobs, run_job
 from ._nudge import DELIVER_TASK, EVENTS_QUEUE, SWEEP_TASK
+from ._periodic import run_chunk, tick
 from ._relay import deliver, sweep
 from ._settings import Settings, get_settings
 from ._workers import LIFECYCLE_QUEUE, REAP_TASK, RUN_JOB_TASK
 
 QUEUES = ("events", "lifecycle", "periodic")
 HEARTBEAT_TASK = "dentalpin.platform.heartbeat"
+TICK_TASK = "dentalpin.periodic.tick"
+RUN_PERIODIC_TASK = "dentalpin.periodic.run"
 
 
 def make_celery(
@@ -47,6 +50,8 @@ def make_celery(
             HEARTBEAT_TASK: {"queue": "periodic"},
             DELIVER_TASK: {"queue": EVENTS_QUEUE},
             SWEEP_TASK: {"queue": "periodic"},
+            TICK_TASK: {"queue": "periodic"},
+            RUN_PERIODIC_TASK: {"queue": "periodic"},
         },
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -65,6 +70,11 @@ def make_celery(
                 "schedule": settings.job_reap_every_s,
                 # A backlog of reaps (workers were down) runs once, not once per tick.
                 "options": {"queue": "periodic", "expires": settings.job_reap_every_s},
+            },
+            "periodic-tick": {
+                "task": TICK_TASK,
+                "schedule": settings.periodic_tick_s,
+                "options": {"queue": "periodic", "expires": settings.periodic_tick_s},
             },
             "events-sweep": {
                 "task": SWEEP_TASK,
@@ -113,6 +123,24 @@ def make_celery(
             app.send_task(DELIVER_TASK, args=[str(tenant_id)], queue=EVENTS_QUEUE)
 
         return len(_workers.run_in_worker(lambda platform: sweep(platform, send)))
+
+    @app.task(name=TICK_TASK)  # type: ignore[untyped-decorator]
+    def periodic_tick() -> int:
+        """Claim the due periodic jobs and send their tenants, chunked, with jitter."""
+        chunks = _workers.run_in_worker(tick)
+        for chunk in chunks:
+            app.send_task(
+                RUN_PERIODIC_TASK, args=chunk.as_args(), queue="periodic", countdown=chunk.delay_s
+            )
+        return len(chunks)
+
+    @app.task(name=RUN_PERIODIC_TASK)  # type: ignore[untyped-decorator]
+    def run_periodic(module: str, job: str, tenant_ids: list[str], due_at: str) -> dict[str, Any]:
+        """One periodic job over one chunk of tenants."""
+        report = _workers.run_in_worker(
+            lambda platform: run_chunk(platform, module, job, tenant_ids, due_at)
+        )
+        return report.as_dict()
 
     return app
 

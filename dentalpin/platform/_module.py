@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from ._events import Event, Handler
+    from ._periodic import Periodic
 
 NAMING_CONVENTION: dict[str, str] = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -79,6 +80,10 @@ class Module:
 
     def subscriptions(self) -> dict[str, Handler]:
         """Event name -> async handler, run for each event once per tenant (see `_relay`)."""
+        return {}
+
+    def periodic(self) -> dict[str, Periodic]:
+        """Job name -> `Periodic(every_s, handler)`, run in each tenant that has the module."""
         return {}
 
     def router(self) -> APIRouter | None:

@@ -21,6 +21,7 @@ from ._errors import UnknownModule
 from ._events import check_subscriptions, declare_events
 from ._manifest import Manifest, satisfies
 from ._module import Module
+from ._periodic import check_periodic
 
 ENTRY_POINT_GROUP = "dentalpin.modules"
 log = logging.getLogger(__name__)
@@ -225,8 +226,12 @@ def _accept(candidate: Candidate, core_version: str) -> tuple[ModuleSpec | None,
     try:
         instance = cls()
         subscriptions = instance.subscriptions()
+        periodic = instance.periodic()
     except Exception as exc:
         return None, f"could not be instantiated: {type(exc).__name__}: {exc}"
+    problems = check_periodic(manifest.name, periodic)
+    if problems:
+        return None, "periodic jobs: " + "; ".join(problems)
     problems = check_subscriptions(manifest.name, subscriptions) or declare_events(
         manifest.name, tuple(cls.events)
     )

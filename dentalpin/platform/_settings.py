@@ -96,6 +96,10 @@ class Settings(BaseSettings):
     events_nudge_timeout_s: float = Field(default=0.5, gt=0)
     events_breaker_cooldown_s: float = Field(default=10.0, gt=0)
     """After a failed nudge, commits skip the broker this long (the sweep covers them)."""
+    periodic_tick_s: float = Field(default=30.0, gt=0)
+    """How often beat looks for due periodic jobs (their intervals are rounded up to it)."""
+    periodic_chunk: int = Field(default=50, ge=1, le=10_000)
+    """Tenants per periodic task: the unit of fan-out, spread with jitter."""
     metrics_token: SecretStr | None = None
     """Bearer token Prometheus sends to `/metrics`; in production, no token: no endpoint."""
     archive_retention_days: int = 365 * 6

@@ -420,3 +420,12 @@ event_dead_letters = Table(
     Column("dead_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     UniqueConstraint("tenant_id", "delivery_id"),
 )
+
+# When each module's periodic job last ran (fenced claims: one run per interval).
+periodic_runs = Table(
+    "periodic_runs",
+    metadata,
+    Column("module", Text, primary_key=True),
+    Column("job", Text, primary_key=True),
+    Column("last_run_at", DateTime(timezone=True), nullable=False),
+)

@@ -55,6 +55,7 @@ def _env(platform: Platform, prefix: str) -> dict[str, str]:
         "DENTALPIN_EVENTS_BACKOFF_MAX_S": "0.5",
         "DENTALPIN_EVENTS_MAX_ATTEMPTS": "3",
         "DENTALPIN_WORKER_CLIENT_CHECK_MS": "500",
+        "DENTALPIN_PERIODIC_TICK_S": "0.5",
     }
 
 
@@ -284,6 +285,24 @@ async def test_a_poisoned_event_is_dead_lettered_by_the_workers(rig: Rig):
 
     await rig.until(dead, "three attempts, then the dead letter", 60)
     assert await rig.effects(tenant) == []
+
+
+async def test_beat_runs_periodic_jobs_in_the_tenants_that_have_the_module(rig: Rig):
+    watching = await rig.tenant()
+    bare = await create_tenant(rig.platform, unique_slug("evw"), modules=["fx_ledger"])
+
+    async def ticks(tenant: TenantRecord) -> list[Any]:
+        async with rig.platform.db.tenant(tenant.scope) as s:
+            return list(await s.execute(text("select * from ledger_ticks order by id")))
+
+    async def two_runs() -> bool:
+        return len({r.due_at for r in await ticks(watching)}) >= 2
+
+    await rig.until(two_runs, "two runs of fx_ledger_watch's tally", 60)
+    runs = await ticks(watching)
+    assert runs[1].due_at > runs[0].due_at and runs[0].pid != os.getpid()
+    async with rig.platform.db.tenant(bare.scope) as s:
+        assert await s.scalar(text("select to_regclass('ledger_ticks')")) is None
 
 
 async def _count(rows: Any, n: int) -> bool:

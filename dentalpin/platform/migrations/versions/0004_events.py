@@ -1,5 +1,6 @@
-"""Events: the sweep's index of tenants with pending deliveries, the dead-letter index, and
-the event kernel (outbox, deliveries, inbox, trigger) in every existing tenant schema.
+"""Events and periodic jobs: the sweep's index of tenants with pending deliveries, the
+dead-letter index, the event kernel (outbox, deliveries, inbox, trigger) in every existing
+tenant schema, and the last run of each module's periodic jobs.
 
 New tenants get the kernel when their schema is created (`_events.create_kernel`); a later
 change to the kernel ships as a platform revision like this one, which walks the tenants.
@@ -55,6 +56,14 @@ def upgrade() -> None:
         ),
         schema="platform",
     )
+    op.create_table(
+        "periodic_runs",
+        sa.Column("module", sa.Text(), nullable=False),
+        sa.Column("job", sa.Text(), nullable=False),
+        sa.Column("last_run_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("module", "job", name=op.f("pk_periodic_runs")),
+        schema="platform",
+    )
     bind = op.get_bind()
     for (schema,) in bind.execute(
         sa.text(
@@ -77,6 +86,7 @@ def downgrade() -> None:
         for table in reversed(KERNEL_TABLES):
             op.execute(f'drop table if exists "{schema}".{table} cascade')
         op.execute(f'drop function if exists "{schema}"._mark_events_pending()')
+    op.drop_table("periodic_runs", schema="platform")
     op.drop_table("event_dead_letters", schema="platform")
     op.drop_table("event_tenants", schema="platform")
     op.execute("drop sequence platform.event_tenants_seq")
