@@ -12,20 +12,23 @@ process builds its event loop and platform lazily (`_workers`), after the fork.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any
 
+import redis
 from celery import Celery
 from celery.signals import worker_process_init, worker_process_shutdown, worker_shutdown
 
 from . import _workers
 from ._jobs import reap_jobs, run_job
-from ._nudge import DELIVER_TASK, EVENTS_QUEUE, SWEEP_TASK
+from ._nudge import DELIVER_TASK, EVENTS_QUEUE, SWEEP_TASK, pending_key
 from ._periodic import run_chunk, tick
 from ._relay import deliver, sweep
 from ._settings import Settings, get_settings
 from ._workers import LIFECYCLE_QUEUE, REAP_TASK, RUN_JOB_TASK
 
+log = logging.getLogger(__name__)
 QUEUES = ("events", "lifecycle", "periodic")
 HEARTBEAT_TASK = "dentalpin.platform.heartbeat"
 TICK_TASK = "dentalpin.periodic.tick"
@@ -85,6 +88,18 @@ def make_celery(
         timezone="UTC",
     )
 
+    clients: list[redis.Redis] = []
+
+    def flags() -> redis.Redis:
+        """This process's Redis client for the nudges' coalescing flags (made after fork)."""
+        if not clients:
+            clients.append(
+                redis.Redis.from_url(
+                    broker, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+                )
+            )
+        return clients[0]
+
     @app.task(name=HEARTBEAT_TASK)  # type: ignore[untyped-decorator]
     def heartbeat() -> dict[str, Any]:
         """Proves the beat -> broker -> worker path works; shows up in worker logs."""
@@ -109,6 +124,12 @@ def make_celery(
     def deliver_events(tenant: str) -> dict[str, Any]:
         """One relay pass over one tenant (its schema name or id); another if work is left."""
         key: uuid.UUID | str = tenant if tenant.startswith("t_") else uuid.UUID(tenant)
+        if isinstance(key, str):
+            # From here on, commits must nudge again: this pass may already be past them.
+            try:
+                flags().delete(pending_key(settings, key))
+            except Exception as exc:  # the flag expires by itself; the pass runs anyway
+                log.warning("could not clear the relay flag of %s: %s", key, exc)
         report = _workers.run_in_worker(lambda platform: deliver(platform, key))
         if report.more:
             app.send_task(DELIVER_TASK, args=[tenant], queue=EVENTS_QUEUE)

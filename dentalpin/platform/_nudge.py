@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from ._db import TenantScope
+from ._settings import Settings
 
 if TYPE_CHECKING:
     from ._runtime import Platform
@@ -52,34 +53,68 @@ class CircuitBreaker:
             self._open_until = 0.0
 
 
+def pending_key(settings: Settings, schema: str) -> str:
+    """The broker-side flag "a relay pass for this tenant is queued"."""
+    return f"{settings.celery_key_prefix}dentalpin:relay-queued:{schema}"
+
+
 class CeleryNudge:
-    """Sends `dentalpin.events.deliver(<schema>)` to the `events` queue, off the caller."""
+    """Sends `dentalpin.events.deliver(<schema>)` to the `events` queue, off the caller.
+
+    Nudges coalesce: while a pass for a tenant is queued and has not started (its flag is
+    set in Redis, cleared by the pass as it starts), more commits need no more tasks — the
+    queued pass will see their events. So a busy clinic costs one task per pass, not one
+    per event."""
 
     def __init__(self, platform: Platform) -> None:
         self.settings = platform.settings
         self.breaker = CircuitBreaker(platform.settings.events_breaker_cooldown_s)
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dentalpin-nudge")
-        self._in_flight = 0
+        self._lock = threading.Lock()
+        self._queued: set[str] = set()
         self._app: Any = None
+        self._redis: Any = None
 
     def __call__(self, scopes: set[TenantScope]) -> None:
-        if self.breaker.open or self._in_flight >= MAX_IN_FLIGHT:
+        if self.breaker.open:
             return
         for scope in scopes:
-            self._in_flight += 1
+            with self._lock:
+                if scope.schema in self._queued or len(self._queued) >= MAX_IN_FLIGHT:
+                    continue
+                self._queued.add(scope.schema)
             self._pool.submit(self._send, scope.schema)
 
+    @property
+    def in_flight(self) -> int:
+        return len(self._queued)
+
     def _send(self, schema: str) -> None:
+        with self._lock:
+            self._queued.discard(schema)
+        if self.breaker.open:  # opened while this one waited in the pool
+            return
+        key = pending_key(self.settings, schema)
         try:
-            if self.breaker.open:  # opened while this one waited in the pool
-                return
+            if not self._client().set(key, "1", nx=True, ex=int(self.settings.events_lease_s) + 1):
+                return  # a pass is queued already
             self._producer().send_task(DELIVER_TASK, args=[schema], queue=EVENTS_QUEUE, retry=False)
             self.breaker.succeeded()
         except Exception as exc:
             self.breaker.failed()
             log.warning("event relay nudge failed (%s); the sweep will deliver", exc)
-        finally:
-            self._in_flight -= 1
+
+    def _client(self) -> Any:
+        if self._redis is None:
+            import redis
+
+            timeout = self.settings.events_nudge_timeout_s
+            self._redis = redis.Redis.from_url(
+                self.settings.redis_url or "redis://127.0.0.1:6379/0",
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+            )
+        return self._redis
 
     def _producer(self) -> Any:
         if self._app is None:
@@ -92,6 +127,8 @@ class CeleryNudge:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._redis is not None:
+            self._redis.close()
 
 
 class InProcessNudge:

@@ -320,9 +320,50 @@ async def test_a_dead_broker_neither_fails_nor_holds_a_commit(platform):
         # ...and while the breaker is open, commits do not even try.
         async with dead.db.tenant(tenant.scope) as session:
             await add_entry(session, "still down")
-        assert dead.nudge._in_flight == 0
+        assert dead.nudge.in_flight == 0
         # The events are safe in the outbox; a pass delivers them.
         await deliver(platform, tenant.id)
         assert len(await rows(platform, tenant, "select * from ledger_effects")) == 2
     finally:
         await dead.close()
+
+
+async def test_nudges_for_a_tenant_coalesce_while_its_pass_is_queued(platform):
+    """Real Redis and Celery producer; no worker consumes this prefix, so the queue shows
+    exactly what was sent."""
+    import redis as redis_lib
+
+    from dentalpin.platform._db import TenantScope
+    from dentalpin.platform._nudge import pending_key
+
+    prefix = f"dpnudge-{uuid.uuid4().hex[:8]}:"
+    nudging = with_settings(platform, events_relay="celery", celery_key_prefix=prefix)
+    client = redis_lib.Redis.from_url(platform.settings.redis_url or "")
+    scope = TenantScope("t_nudgetest01", "dp_nudge_role")
+    try:
+        assert isinstance(nudging.nudge, CeleryNudge)
+
+        async def queued(expected: int) -> int:
+            """The queue's length once it reached `expected` (or 5 s passed), and a bit more."""
+            for _ in range(500):
+                if int(client.llen(f"{prefix}events")) >= expected:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)  # time for any extra message to show up
+            return int(client.llen(f"{prefix}events"))
+
+        for _ in range(5):
+            nudging.nudge({scope})
+        assert await queued(1) == 1
+        for _ in range(5):
+            nudging.nudge({scope})
+        assert await queued(1) == 1
+        # The pass starts and clears the flag: the next commit must be seen again.
+        client.delete(pending_key(nudging.settings, scope.schema))
+        nudging.nudge({scope})
+        assert await queued(2) == 2
+    finally:
+        await nudging.close()
+        for key in client.scan_iter(match=f"{prefix}*"):
+            client.delete(key)
+        client.close()
