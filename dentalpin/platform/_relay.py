@@ -3,14 +3,15 @@
 One relay pass (`deliver`) works on one tenant, in rounds until nothing is due or its
 time budget is spent:
 
-1. fan out: events not yet fanned out get one delivery row per subscriber whose module
-   is installed in the tenant *now*;
+1. fan out (same transaction as 2): events not yet fanned out get one delivery row per
+   subscriber whose module is installed in the tenant *now*;
 2. claim: due deliveries (pending and due, or running with an expired lease: a lost
    worker) are leased with `FOR UPDATE SKIP LOCKED`, their attempt counted;
-3. run: each in its own tenant transaction that first inserts (event, subscriber) into
-   the inbox — a row already there means the effect happened, so the handler is skipped —
-   then runs the handler and marks the delivery done. A failure schedules a retry with
-   exponential backoff and jitter, or dead-letters it after the last attempt.
+3. run: the claimed deliveries in one tenant transaction, each under a savepoint that
+   first inserts (event, subscriber) into the inbox — a row already there means the
+   effect happened, so the handler is skipped — then runs the handler and marks the
+   delivery done. A failure rolls back to the savepoint and schedules a retry with
+   exponential backoff and jitter, or dead-letters the delivery after its last attempt.
 
 Finally the tenant's entry in `platform.event_tenants` is set to its next due time, or
 removed when nothing is left (fenced by `seq`, so a concurrent publish is never lost).
@@ -33,10 +34,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ._db import TenantScope
 from ._errors import NotFound
-from ._events import DELIVERIES, INBOX, OUTBOX, EventContext
+from ._events import DELIVERIES, INBOX, OUTBOX, EventContext, Handler
 from ._module import TenantRef
 from ._runtime import Platform
-from ._tables import event_dead_letters, event_tenants, tenant_modules, tenants
+from ._tables import event_dead_letters, event_tenants, tenants
 
 ERROR_LIMIT = 4000
 
@@ -82,28 +83,20 @@ async def deliver(
     """One relay pass over one tenant, named by id or schema (see the module docstring)."""
     async with platform.db.autocommit() as conn:
         found = await _tenant_and_modules(conn, tenant)
-        if found is None:  # archived or gone: nothing to deliver to
-            if isinstance(tenant, uuid.UUID):
-                await _forget_tenant(platform, tenant)
-            return DeliveryReport()
-        ref, installed = found
-        seq = await conn.scalar(
-            select(event_tenants.c.seq).where(event_tenants.c.tenant_id == ref.id)
-        )
-    return await _deliver(
-        _Pass(platform, ref, TenantScope(ref.schema, ref.role), installed), seq, budget_s
-    )
-
-
-async def _deliver(work: _Pass, seq: int | None, budget_s: float) -> DeliveryReport:
+    if found is None:  # archived or gone: nothing to deliver to
+        if isinstance(tenant, uuid.UUID):
+            await _forget_tenant(platform, tenant)
+        return DeliveryReport()
+    ref, installed, seq = found
+    work = _Pass(platform, ref, TenantScope(ref.schema, ref.role), installed)
+    batch = platform.settings.events_batch
     deadline = time.monotonic() + budget_s
     while True:
-        fanned = await _fan_out(work)
-        claimed = await _claim(work)
-        for delivery in claimed:
-            await _run(work, delivery)
-        if not fanned and not claimed:
-            break
+        fanned, claimed = await _fan_out_and_claim(work)
+        if claimed:
+            await _run_batch(work, claimed)
+        if fanned < batch and len(claimed) < batch:
+            break  # a short round: nothing was left behind
         if time.monotonic() > deadline:
             work.report.more = True
             break
@@ -113,40 +106,41 @@ async def _deliver(work: _Pass, seq: int | None, budget_s: float) -> DeliveryRep
 
 async def _tenant_and_modules(
     conn: AsyncConnection, key: uuid.UUID | str
-) -> tuple[TenantRef, frozenset[str]] | None:
-    by = tenants.c.id == key if isinstance(key, uuid.UUID) else tenants.c.schema_name == key
+) -> tuple[TenantRef, frozenset[str], int | None] | None:
+    """The tenant, its installed modules and its index entry's seq, in one query."""
+    by = "t.id = :key" if isinstance(key, uuid.UUID) else "t.schema_name = :key"
     row = (
         await conn.execute(
-            select(
-                tenants.c.id,
-                tenants.c.slug,
-                tenants.c.name,
-                tenants.c.schema_name,
-                tenants.c.db_role,
-            ).where(by, tenants.c.status.in_(("active", "spare")))
+            text(
+                f"""
+                select t.id, t.slug, t.name, t.schema_name, t.db_role,
+                       array(select module from platform.tenant_modules m
+                              where m.tenant_id = t.id and m.state = 'installed') as installed,
+                       (select seq from platform.event_tenants e where e.tenant_id = t.id) as seq
+                  from platform.tenants t
+                 where {by} and t.status in ('active', 'spare')
+                """
+            ),
+            {"key": key},
         )
     ).first()
     if row is None:
         return None
-    tenant_id = row.id
-    installed = await conn.execute(
-        select(tenant_modules.c.module).where(
-            tenant_modules.c.tenant_id == tenant_id, tenant_modules.c.state == "installed"
-        )
-    )
-    ref = TenantRef(tenant_id, row.slug, row.name, row.schema_name, row.db_role)
-    return ref, frozenset(installed.scalars())
+    ref = TenantRef(row.id, row.slug, row.name, row.schema_name, row.db_role)
+    return ref, frozenset(row.installed), row.seq
 
 
-async def _fan_out(work: _Pass) -> int:
+def _fan_out_statement(work: _Pass) -> tuple[Any, dict[str, Any]]:
+    """New events get one delivery per subscriber installed now; returns how many events."""
     routes = [
         (event, module)
         for event, modules in work.platform.registry.subscribers(work.installed).items()
         for module in modules
     ]
+    params: dict[str, Any] = {"limit": work.platform.settings.events_batch}
+    insert_deliveries = ""
     if routes:
         values = ", ".join(f"(:e{i}, :m{i})" for i in range(len(routes)))
-        params: dict[str, Any] = {}
         for i, (event, module) in enumerate(routes):
             params |= {f"e{i}": event, f"m{i}": module}
         insert_deliveries = f"""
@@ -155,151 +149,146 @@ async def _fan_out(work: _Pass) -> int:
               select ev.id, r.subscriber
                 from ev join (values {values}) as r(name, subscriber) on r.name = ev.name
               on conflict (event_id, subscriber) do nothing
-              returning 1)
-            select (select count(*) from ev)"""
-    else:
-        params, insert_deliveries = {}, " select (select count(*) from ev)"
+              returning 1)"""
     statement = text(
         f"""
         with ev as (
           update {OUTBOX} o set fanned_out_at = now()
            where o.id in (select id from {OUTBOX} where fanned_out_at is null
                            order by seq limit :limit for update skip locked)
-          returning o.id, o.name)
-        {insert_deliveries}
+          returning o.id, o.name){insert_deliveries}
+        select count(*) from ev
         """
     ).bindparams(*(bindparam(k) for k in params))
-    async with work.platform.db.tenant(work.scope) as session:
-        count = await session.scalar(
-            statement, {**params, "limit": work.platform.settings.events_batch}
-        )
-    work.report.fanned_out += int(count or 0)
-    return int(count or 0)
+    return statement, params
 
 
-async def _claim(work: _Pass) -> list[_Claimed]:
+CLAIM = text(
+    f"""
+    update {DELIVERIES} d
+       set state = 'running', attempts = d.attempts + 1,
+           lease_until = now() + make_interval(secs => :lease)
+      from {OUTBOX} o
+     where o.id = d.event_id
+       and d.id in (select id from {DELIVERIES}
+                     where (state = 'pending' and next_attempt_at <= now())
+                        or (state = 'running' and lease_until < now())
+                     order by id limit :limit for update skip locked)
+    returning d.id, d.event_id, d.subscriber, d.attempts,
+              o.name, o.version, o.payload, o.occurred_at
+    """
+)
+
+
+async def _fan_out_and_claim(work: _Pass) -> tuple[int, list[_Claimed]]:
+    """One transaction: fan out new events, then lease the due deliveries. The lease is
+    committed before any handler runs, so a worker lost from here on costs an attempt."""
     settings = work.platform.settings
-    statement = text(
-        f"""
-        update {DELIVERIES} d
-           set state = 'running', attempts = d.attempts + 1,
-               lease_until = now() + make_interval(secs => :lease)
-          from {OUTBOX} o
-         where o.id = d.event_id
-           and d.id in (select id from {DELIVERIES}
-                         where (state = 'pending' and next_attempt_at <= now())
-                            or (state = 'running' and lease_until < now())
-                         order by id limit :limit for update skip locked)
-        returning d.id, d.event_id, d.subscriber, d.attempts,
-                  o.name, o.version, o.payload, o.occurred_at
-        """
-    )
+    fan_out, params = _fan_out_statement(work)
     async with work.platform.db.tenant(work.scope) as session:
+        fanned = int(await session.scalar(fan_out, params) or 0)
         rows = await session.execute(
-            statement, {"lease": settings.events_lease_s, "limit": settings.events_batch}
+            CLAIM, {"lease": settings.events_lease_s, "limit": settings.events_batch}
         )
-        return [_Claimed(**r._mapping) for r in rows]
+        claimed = [_Claimed(**r._mapping) for r in rows]
+    work.report.fanned_out += fanned
+    return fanned, claimed
 
 
-async def _run(work: _Pass, d: _Claimed) -> None:
+async def _run_batch(work: _Pass, batch: list[_Claimed]) -> None:
+    """Every claimed delivery in one transaction, each under its own savepoint: a failing
+    handler rolls back only its own work, and the batch pays for one commit."""
     settings = work.platform.settings
-    if d.attempts > settings.events_max_attempts:
-        # Claimed again after its last attempt's lease ran out: that worker was lost.
-        await _dead(work, d, f"gave up after {d.attempts - 1} attempts (the last worker was lost)")
-        return
-    handler = None
-    if d.subscriber in work.installed and d.subscriber in work.platform.registry:
-        handler = work.platform.registry.get(d.subscriber).module.subscriptions().get(d.name)
-    if handler is None:
-        await _finish(work, d, "skipped")
-        work.report.skipped += 1
-        return
-    try:
-        async with work.platform.db.tenant(work.scope) as session:
-            first = await session.execute(
-                text(
-                    f"insert into {INBOX} (event_id, subscriber) values (:e, :s) "
-                    "on conflict do nothing returning 1"
-                ),
-                {"e": d.event_id, "s": d.subscriber},
-            )
-            if first.first() is not None:
-                await handler(
-                    EventContext(
-                        session=session,
-                        tenant=work.tenant,
-                        event_id=d.event_id,
-                        name=d.name,
-                        version=d.version,
-                        payload=d.payload,
-                        occurred_at=d.occurred_at,
-                        attempt=d.attempts,
+    dead: list[tuple[_Claimed, str]] = []
+    async with work.platform.db.tenant(work.scope) as session:
+        for d in batch:
+            if d.attempts > settings.events_max_attempts:
+                # Claimed again after its last attempt's lease ran out: that worker was lost.
+                error = f"gave up after {d.attempts - 1} attempts (the last worker was lost)"
+                await session.execute(_DEAD, _fenced(d, error=error))
+                dead.append((d, error))
+                continue
+            handler = _handler(work, d)
+            if handler is None:
+                await session.execute(_SKIPPED, _fenced(d))
+                work.report.skipped += 1
+                continue
+            try:
+                async with session.begin_nested():
+                    first = await session.execute(_INBOX, {"e": d.event_id, "s": d.subscriber})
+                    if first.first() is not None:
+                        await handler(_context(work, session, d))
+                    await session.execute(_DONE, _fenced(d))
+                work.report.delivered += 1
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"[:ERROR_LIMIT]
+                if d.attempts >= settings.events_max_attempts:
+                    await session.execute(_DEAD, _fenced(d, error=error))
+                    dead.append((d, error))
+                else:
+                    delay = backoff_s(
+                        d.attempts, settings.events_backoff_s, settings.events_backoff_max_s
                     )
-                )
-            await session.execute(_done(), {"id": d.id, "attempts": d.attempts})
-    except Exception as exc:
-        await _failed(work, d, f"{type(exc).__name__}: {exc}")
-        return
-    work.report.delivered += 1
+                    await session.execute(_RETRY, _fenced(d, error=error, delay=delay))
+                    work.report.retried += 1
+    if dead:
+        async with work.platform.db.platform() as session:
+            for d, error in dead:
+                await session.execute(_dead_letter_upsert(work.tenant.id, d, error))
+        work.report.dead += len(dead)
 
 
-def _done() -> Any:
-    # Fenced by the attempt: a slow worker whose lease was taken over changes nothing.
-    return text(
-        f"update {DELIVERIES} set state = 'done', done_at = now(), lease_until = null, "
-        "last_error = null where id = :id and attempts = :attempts"
+def _handler(work: _Pass, d: _Claimed) -> Handler | None:
+    if d.subscriber not in work.installed or d.subscriber not in work.platform.registry:
+        return None  # uninstalled since the fan-out
+    return work.platform.registry.get(d.subscriber).module.subscriptions().get(d.name)
+
+
+def _context(work: _Pass, session: Any, d: _Claimed) -> EventContext:
+    return EventContext(
+        session=session,
+        tenant=work.tenant,
+        event_id=d.event_id,
+        name=d.name,
+        version=d.version,
+        payload=d.payload,
+        occurred_at=d.occurred_at,
+        attempt=d.attempts,
     )
 
 
-async def _finish(work: _Pass, d: _Claimed, state: str) -> None:
-    async with work.platform.db.tenant(work.scope) as session:
-        await session.execute(
-            text(
-                f"update {DELIVERIES} set state = :state, done_at = now(), lease_until = null "
-                "where id = :id and attempts = :attempts"
-            ),
-            {"state": state, "id": d.id, "attempts": d.attempts},
-        )
+def _fenced(d: _Claimed, **values: Any) -> dict[str, Any]:
+    return {"id": d.id, "attempts": d.attempts, **values}
+
+
+# Every write to a claimed delivery is fenced by its attempt: a slow worker whose lease was
+# taken over changes nothing.
+_INBOX = text(
+    f"insert into {INBOX} (event_id, subscriber) values (:e, :s) on conflict do nothing returning 1"
+)
+_DONE = text(
+    f"update {DELIVERIES} set state = 'done', done_at = now(), lease_until = null, "
+    "last_error = null where id = :id and attempts = :attempts"
+)
+_SKIPPED = text(
+    f"update {DELIVERIES} set state = 'skipped', done_at = now(), lease_until = null "
+    "where id = :id and attempts = :attempts"
+)
+_RETRY = text(
+    f"update {DELIVERIES} set state = 'pending', lease_until = null, "
+    "next_attempt_at = now() + make_interval(secs => :delay), last_error = :error "
+    "where id = :id and attempts = :attempts"
+)
+_DEAD = text(
+    f"update {DELIVERIES} set state = 'dead', lease_until = null, last_error = :error "
+    "where id = :id and attempts = :attempts"
+)
 
 
 def backoff_s(attempt: int, base_s: float, max_s: float) -> float:
     """Exponential backoff with "equal jitter": between half and all of the capped delay."""
     capped: float = min(max_s, base_s * 2.0 ** max(0, attempt - 1))
     return capped / 2 + random.uniform(0, capped / 2)  # noqa: S311 - jitter, not secrecy
-
-
-async def _failed(work: _Pass, d: _Claimed, error: str) -> None:
-    settings = work.platform.settings
-    if d.attempts >= settings.events_max_attempts:
-        await _dead(work, d, error)
-        return
-    delay = backoff_s(d.attempts, settings.events_backoff_s, settings.events_backoff_max_s)
-    async with work.platform.db.tenant(work.scope) as session:
-        await session.execute(
-            text(
-                f"update {DELIVERIES} set state = 'pending', lease_until = null, "
-                "next_attempt_at = now() + make_interval(secs => :delay), last_error = :error "
-                "where id = :id and attempts = :attempts"
-            ),
-            {"delay": delay, "error": error[:ERROR_LIMIT], "id": d.id, "attempts": d.attempts},
-        )
-    work.report.retried += 1
-
-
-async def _dead(work: _Pass, d: _Claimed, error: str) -> None:
-    async with work.platform.db.tenant(work.scope) as session:
-        changed = await session.execute(
-            text(
-                f"update {DELIVERIES} set state = 'dead', lease_until = null, last_error = :error "
-                "where id = :id and attempts = :attempts"
-            ),
-            {"error": error[:ERROR_LIMIT], "id": d.id, "attempts": d.attempts},
-        )
-    if not changed.rowcount:  # type: ignore[attr-defined]
-        return
-    async with work.platform.db.platform() as session:
-        await session.execute(_dead_letter_upsert(work.tenant.id, d, error))
-    work.report.dead += 1
 
 
 def _dead_letter_upsert(tenant_id: uuid.UUID, d: _Claimed, error: str) -> Any:
@@ -320,28 +309,27 @@ def _dead_letter_upsert(tenant_id: uuid.UUID, d: _Claimed, error: str) -> Any:
 
 
 async def _reindex(work: _Pass, seq: int | None) -> None:
-    """Point the tenant's index entry at its next due time, or drop it when none is left."""
-    async with work.platform.db.tenant(work.scope) as session:
+    """Point the tenant's index entry at its next due time, or drop it when none is left
+    (one platform transaction; the platform owns the tenant schemas and reads them)."""
+    s = f'"{work.scope.schema}"'
+    async with work.platform.db.platform() as session:
         due = await session.scalar(
             text(
                 f"""select least(
-                      (select min(next_attempt_at) from {DELIVERIES} where state = 'pending'),
-                      (select min(lease_until) from {DELIVERIES} where state = 'running'),
-                      (select now() from {OUTBOX} where fanned_out_at is null limit 1))"""
+                      (select min(next_attempt_at) from {s}.{DELIVERIES} where state = 'pending'),
+                      (select min(lease_until) from {s}.{DELIVERIES} where state = 'running'),
+                      (select now() from {s}.{OUTBOX} where fanned_out_at is null limit 1))"""
             )
         )
-    tenant_id = work.tenant.id
-    async with work.platform.db.platform() as session:
-        if due is None:
-            # Fenced by seq: an entry re-marked by a publish since we read it stays.
-            if seq is not None:
-                await session.execute(
-                    delete(event_tenants).where(
-                        event_tenants.c.tenant_id == tenant_id, event_tenants.c.seq == seq
-                    )
+        if due is not None:
+            await mark_due(session, work.tenant.id, due, keep_earlier_unless_seq=seq)
+        elif seq is not None:
+            # Fenced by seq: an entry re-marked by a publish since the pass began stays.
+            await session.execute(
+                delete(event_tenants).where(
+                    event_tenants.c.tenant_id == work.tenant.id, event_tenants.c.seq == seq
                 )
-            return
-        await mark_due(session, tenant_id, due, keep_earlier_unless_seq=seq)
+            )
 
 
 async def mark_due(

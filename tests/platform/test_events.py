@@ -367,3 +367,20 @@ async def test_nudges_for_a_tenant_coalesce_while_its_pass_is_queued(platform):
         for key in client.scan_iter(match=f"{prefix}*"):
             client.delete(key)
         client.close()
+
+
+async def test_a_failing_handler_in_a_batch_rolls_back_only_its_own_work(events):
+    tenant = await ledger_tenant(events)
+    with nudge_lost(events):
+        async with events.db.tenant(tenant.scope) as session:
+            fine = await add_entry(session, "fine")
+            await add_entry(session, "poison in the middle")
+            also = await add_entry(session, "also fine")
+    report = await deliver(events, tenant.id)
+    assert (report.fanned_out, report.delivered, report.retried) == (3, 2, 1)
+    assert await effects_of(events, tenant, fine) == 1
+    assert await effects_of(events, tenant, also) == 1
+    states = await rows(events, tenant, "select state, count(*) as n from _deliveries group by 1")
+    assert {r.state: r.n for r in states} == {"done": 2, "pending": 1}
+    # The retry is due after its backoff: the tenant stays in the sweep's index.
+    assert await indexed(events, tenant)
