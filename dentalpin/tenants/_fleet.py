@@ -169,6 +169,7 @@ class FleetReport:
 
 TenantUpgrade = Callable[[uuid.UUID, list[str]], Awaitable[object]]
 FLEET_UPGRADE = "fleet.upgrade"
+FLEET_POLL_S = 0.02
 
 
 async def upgrade_tenant(
@@ -230,7 +231,7 @@ async def upgrade_fleet_on_workers(
             {"modules": modules, "code": {m: code[m] for m in modules}},
             chosen,
         )
-        done = await _wait_claimed(platform, chosen, job.id, claim_within_s, no_worker)
+        done = await _wait_claimed(platform, job.id, claim_within_s, no_worker)
         if done.state != "succeeded":
             raise PlatformError(done.error or f"job {job.id} ended {done.state}")
         return done.result
@@ -240,19 +241,23 @@ async def upgrade_fleet_on_workers(
 
 async def _wait_claimed(
     platform: Platform,
-    executor: Executor,
     job_id: uuid.UUID,
     claim_within_s: float,
     no_worker: list[str],
 ) -> JobRecord:
-    """Wait for a job; if nobody claims it in time, withdraw it (still queued) and say why."""
+    """Wait for a job; if nobody claims it in time, withdraw it (still queued) and say why.
+
+    Polls the job row every `FLEET_POLL_S`: a fleet job takes a fraction of a second, so the
+    executor's backing-off wait (made for long single jobs) would leave workers idle."""
     deadline = time.monotonic() + claim_within_s
-    delay = 0.02
+    claimed = False
     while True:
         job = await get_job(platform, job_id)
-        if job.state != "queued":
-            return await executor.wait(platform, job_id)
-        if time.monotonic() > deadline:
+        if job.done:
+            return job
+        # Once a worker took it, a later "queued" is the reaper's retry, not a missing worker.
+        claimed = claimed or job.state != "queued"
+        if not claimed and time.monotonic() > deadline:
             error = (
                 f"no worker took the job within {claim_within_s:g}s: is `dentalpin worker` "
                 "running on the lifecycle queue? (`dentalpin migrate --in-process` upgrades "
@@ -261,8 +266,7 @@ async def _wait_claimed(
             if await withdraw_queued(platform, job_id, error):
                 no_worker.append(error)
                 return await get_job(platform, job_id)
-        await asyncio.sleep(delay)
-        delay = min(delay * 1.5, 0.5)
+        await asyncio.sleep(FLEET_POLL_S)
 
 
 def code_versions(platform: Platform) -> dict[str, list[str | None]]:
