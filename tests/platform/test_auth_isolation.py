@@ -21,7 +21,13 @@ from fastapi.routing import APIRoute
 from sqlalchemy import text
 
 from dentalpin.app import create_app
-from dentalpin.platform._http import AuthenticatedRoute, PermissionCheck, PublicRoute, route_guards
+from dentalpin.platform._http import (
+    AuthenticatedRoute,
+    PermissionCheck,
+    PlatformAccess,
+    PublicRoute,
+    route_guards,
+)
 from dentalpin.platform._roles import BUILTIN_ROLES
 from dentalpin.platform._tokens import AUDIENCE
 from dentalpin.tenants import create_tenant
@@ -97,7 +103,7 @@ def test_every_route_is_public_or_guarded():
         if is_api_route(r)
         for g in route_guards(r.dependant)
     }
-    assert kinds == {PermissionCheck, PublicRoute, AuthenticatedRoute}
+    assert kinds == {PermissionCheck, PublicRoute, AuthenticatedRoute, PlatformAccess}
 
 
 @dataclass
