@@ -45,6 +45,8 @@ class Case:
     path: str
     permissions: tuple[str, ...]
     public: bool
+    platform_api: PlatformAccess | None = None
+    """The guard of a platform API route (operators, resellers, clients; tests/api)."""
 
     @property
     def id(self) -> str:
@@ -67,8 +69,9 @@ def cases(routes: list[Any]) -> list[Case]:
         guards = route_guards(route.dependant)
         permissions = tuple(g.permission for g in guards if isinstance(g, PermissionCheck))
         public = any(isinstance(g, PublicRoute) for g in guards)
+        access = next((g for g in guards if isinstance(g, PlatformAccess)), None)
         for method in sorted(route.methods):
-            found.append(Case(method, route.path, permissions, public))
+            found.append(Case(method, route.path, permissions, public, access))
     return found
 
 
