@@ -52,10 +52,11 @@ async def needs_approval(
     name = str(params.get("module") or "")
     registry = platform.registry
     registry.get(name)
-    gone = [name]
-    if params.get("cascade"):
-        async with platform.db.engine.connect() as conn:
-            gone += registry.dependents(name, await installed_modules(conn, tenant.id))
+    async with platform.db.engine.connect() as conn:
+        installed = await installed_modules(conn, tenant.id)
+    if name not in installed:  # nothing to approve: say so now, as the job would
+        raise Conflict(f"module '{name}' is not installed for tenant '{tenant.slug}'")
+    gone = [name, *(registry.dependents(name, installed) if params.get("cascade") else [])]
     return any(registry.get(m).manifest.category == Category.CLINICAL for m in gone)
 
 
