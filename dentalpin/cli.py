@@ -377,13 +377,23 @@ def tenants_create(
     slug: str,
     name: Annotated[str | None, typer.Option(help="Display name.")] = None,
     modules: Annotated[str, typer.Option(help="Comma-separated modules to install too.")] = "",
+    reseller: Annotated[
+        str | None,
+        typer.Option(help="The reseller owning it (the operator is not bound by plans)."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create a tenant with the auto-install modules (and --modules)."""
     wanted = [m.strip() for m in modules.split(",") if m.strip()]
 
     async def go(platform: Platform) -> None:
-        tenant = await create_tenant(platform, slug, name, wanted)
+        owner = None
+        if reseller:
+            from dentalpin.platform._clients import reseller_by_name
+
+            async with platform.db.engine.connect() as conn:
+                owner = (await reseller_by_name(conn, reseller)).id
+        tenant = await create_tenant(platform, slug, name, wanted, reseller_id=owner)
         if as_json:
             emit_json(tenant.as_dict())
         else:

@@ -131,3 +131,12 @@ async def test_plan_names_are_validated(platform, fresh_platform, tmp_path: Path
     cli("resellers", "create", "Dental Partners", "--plan", "starter")
     listed = cli("resellers", "list", "--json").json()
     assert [(r["name"], r["plan"]) for r in listed] == [("Dental Partners", "starter")]
+    plans = {p["name"]: p for p in cli("plans", "list", "--json").json()}
+    assert set(plans) == {"starter", "standard", "pro"} and plans["starter"]["countries"] == []
+    assert "none" in cli("plans", "list").output
+    slug = unique_slug("cli")
+    made = cli("tenants", "create", slug, "--reseller", "Dental Partners", "--json").json()
+    assert made["reseller_id"] == listed[0]["id"]
+    assert (
+        "no reseller named" in cli("tenants", "create", slug, "--reseller", "Nobody", code=1).output
+    )
