@@ -4,6 +4,8 @@ it is audited; another clinic's admin, or a member without the permission, canno
 
 from __future__ import annotations
 
+from sqlalchemy import text
+
 from tests.api.test_tenants_api import audit_actions
 from tests.api.world import make_reseller, wait
 from tests.platform.identity import add_member, bearer, client, host_of, make_user, session
@@ -61,6 +63,11 @@ async def test_uninstalling_a_clinical_module_waits_for_the_clinic_admin(platfor
         assert listed[0]["reason"] == "customer asked to stop charting"
         refused = await clinic.post(f"/api/v1/approvals/{approval['id']}/approve", headers=dentist)
         assert refused.status_code == 403, refused.text
+        for headers in (reseller.admin_headers, reseller.client_headers):  # not their decision
+            refused = await clinic.post(
+                f"/api/v1/approvals/{approval['id']}/approve", headers=headers
+            )
+            assert refused.status_code == 403, refused.text
 
     async with client(platform, host_of(other.tenant)) as elsewhere:
         for method, suffix in (("GET", ""), ("POST", "/approve"), ("POST", "/reject")):
@@ -132,3 +139,31 @@ async def test_operators_run_destructive_operations_directly(platform):
         assert response.status_code == 202, response.text
         assert response.json()["kind"] == "lifecycle.uninstall"  # a job, no approval
         assert (await wait(platform, response.json()["id"])).state == "succeeded"
+
+
+async def test_an_undecided_request_expires(platform):
+    reseller = await make_reseller(platform)
+    admin = await clinic_admin(platform, reseller.tenant)
+    async with client(platform) as http:
+        asked = await http.post(
+            f"/api/v1/tenants/{reseller.tenant.slug}/archive", headers=reseller.admin_headers
+        )
+    approval = asked.json()["approval"]
+    async with platform.db.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "update platform.approval_requests set expires_at = now() - interval '1 second'"
+                " where id = :id"
+            ),
+            {"id": approval["id"]},
+        )
+    async with client(platform, host_of(reseller.tenant)) as clinic:
+        late = await clinic.post(f"/api/v1/approvals/{approval['id']}/approve", headers=admin)
+        assert late.status_code == 409 and "expired" in late.json()["detail"]
+        shown = await clinic.get(f"/api/v1/approvals/{approval['id']}", headers=admin)
+        assert shown.json()["state"] == "expired"
+    async with client(platform) as http:
+        again = await http.post(
+            f"/api/v1/tenants/{reseller.tenant.slug}/archive", headers=reseller.admin_headers
+        )
+    assert again.json()["approval"]["id"] != approval["id"]  # asked anew
