@@ -416,7 +416,7 @@ plans = Table(
     # NULL: every country pack; else packs of these countries only ([]: none).
     Column("countries", JSONB),
     _now(),
-    CheckConstraint("name ~ '^[a-z][a-z0-9_-]{1,39}$'", name="name_valid"),
+    # No pattern on names: resellers' plans were free text before 0005 and carry over.
     CheckConstraint("max_tenants is null or max_tenants >= 0", name="max_tenants_valid"),
 )
 

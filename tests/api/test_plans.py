@@ -140,3 +140,35 @@ async def test_plan_names_are_validated(platform, fresh_platform, tmp_path: Path
     assert (
         "no reseller named" in cli("tenants", "create", slug, "--reseller", "Nobody", code=1).output
     )
+
+
+async def test_the_migration_keeps_plans_resellers_already_had(fresh_platform):
+    """Before 0005 a plan was free text: such plans become plans without limits."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from dentalpin.tenants import migrate_platform
+    from dentalpin.tenants._fleet import alembic_config
+
+    def downgrade(conn):
+        config = alembic_config()
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0003_spare_schemas")
+
+    async with fresh_platform.db.engine.connect() as conn:
+        await conn.run_sync(downgrade)
+        await conn.execute(
+            text(
+                "insert into platform.resellers (id, name, plan) "
+                "values (gen_random_uuid(), 'Old Partner', 'Legacy Gold')"
+            )
+        )
+        await conn.commit()
+    assert await migrate_platform(fresh_platform) == "0005_platform_api"
+    async with fresh_platform.db.engine.connect() as conn:
+        row = (
+            await conn.execute(text("select * from platform.plans where name = 'Legacy Gold'"))
+        ).one()
+        seeded = set((await conn.execute(text("select name from platform.plans"))).scalars())
+    assert row.max_tenants is None and row.modules is None and row.countries is None
+    assert seeded == {"starter", "standard", "pro", "Legacy Gold"}

@@ -40,7 +40,6 @@ def upgrade() -> None:
             server_default=sa.text("now()"),
             nullable=False,
         ),
-        sa.CheckConstraint("name ~ '^[a-z][a-z0-9_-]{1,39}$'", name=op.f("ck_plans_name_valid")),
         sa.CheckConstraint(
             "max_tenants is null or max_tenants >= 0", name=op.f("ck_plans_max_tenants_valid")
         ),
