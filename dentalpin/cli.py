@@ -22,7 +22,6 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
 from dentalpin import __version__
@@ -41,7 +40,6 @@ from dentalpin.platform._jobs import (
 )
 from dentalpin.platform._runtime import Platform
 from dentalpin.platform._settings import get_settings
-from dentalpin.platform._tables import tenants as tenants_table
 from dentalpin.tenants import (
     TenantRecord,
     all_tenants,
@@ -58,7 +56,7 @@ from dentalpin.tenants import (
     upgrade_fleet,
     upgrade_fleet_on_workers,
 )
-from dentalpin.tenants._introspect import schema_exists
+from dentalpin.tenants._views import module_catalogue, tenant_details
 
 T = TypeVar("T")
 app = typer.Typer(help="DentalPin: multi-tenant platform for dental clinics.", no_args_is_help=True)
@@ -381,13 +379,23 @@ def tenants_create(
     slug: str,
     name: Annotated[str | None, typer.Option(help="Display name.")] = None,
     modules: Annotated[str, typer.Option(help="Comma-separated modules to install too.")] = "",
+    reseller: Annotated[
+        str | None,
+        typer.Option(help="The reseller owning it (the operator is not bound by plans)."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create a tenant with the auto-install modules (and --modules)."""
     wanted = [m.strip() for m in modules.split(",") if m.strip()]
 
     async def go(platform: Platform) -> None:
-        tenant = await create_tenant(platform, slug, name, wanted)
+        owner = None
+        if reseller:
+            from dentalpin.platform._clients import reseller_by_name
+
+            async with platform.db.engine.connect() as conn:
+                owner = (await reseller_by_name(conn, reseller)).id
+        tenant = await create_tenant(platform, slug, name, wanted, reseller_id=owner)
         if as_json:
             emit_json(tenant.as_dict())
         else:
@@ -406,17 +414,9 @@ def tenants_list(
     async def go(platform: Platform) -> None:
         async with platform.db.engine.connect() as conn:
             rows = await all_tenants(conn, include_archived=archived)
-            # The id `tenants restore` needs, for the archived ones.
-            archive_of = {
-                r.id: str(r.archive_id)
-                for r in await conn.execute(
-                    select(tenants_table.c.id, tenants_table.c.archive_id).where(
-                        tenants_table.c.status == "archived"
-                    )
-                )
-            }
+        # `archive_id`: the id `tenants restore` needs, for the archived ones.
         if as_json:
-            emit_json([{**t.as_dict(), "archive_id": archive_of.get(t.id)} for t in rows])
+            emit_json([t.as_dict() for t in rows])
             return
         table = Table(
             "slug", "name", "status", "schema", "created", *(["archive"] if archived else [])
@@ -429,7 +429,7 @@ def tenants_list(
                 t.status,
                 t.schema_name,
                 f"{t.created_at:%Y-%m-%d %H:%M}",
-                *([archive_of.get(t.id)] if archived else []),
+                *([str(t.archive_id) if t.archive_id else None] if archived else []),
             )
         out.print(table)
 
@@ -443,15 +443,8 @@ def tenants_show(slug: str, as_json: JsonOpt = False) -> None:
     async def go(platform: Platform) -> None:
         async with platform.db.engine.connect() as conn:
             tenant = await find_tenant(conn, slug)
-            states = await module_states(conn, tenant.id)
-            present = await schema_exists(conn, tenant.schema_name)
-        data = {
-            **tenant.as_dict(),
-            "schema_present": present,
-            "modules": {
-                n: {k: v for k, v in s.items() if k != "owned_objects"} for n, s in states.items()
-            },
-        }
+            data = await tenant_details(conn, tenant)
+        present, states = data["schema_present"], data["modules"]
         if as_json:
             emit_json(data)
             return
@@ -573,39 +566,7 @@ def modules_list(
             async with platform.db.engine.connect() as conn:
                 record = await find_tenant(conn, tenant)
                 states = await module_states(conn, record.id)
-        heads = {n: lin.head for n, lin in lineages(platform.registry, platform.state).items()}
-        rows = [
-            {
-                "name": s.name,
-                "version": s.manifest.version,
-                "category": s.manifest.category.value,
-                "depends": s.manifest.depends,
-                "auto_install": s.manifest.auto_install,
-                "distribution": s.distribution,
-                "head": heads.get(s.name),
-                "status": "available",
-                "reason": None,
-                **(
-                    {"tenant_state": states.get(s.name, {}).get("state", "absent")}
-                    if tenant
-                    else {}
-                ),
-            }
-            for s in platform.registry
-        ] + [
-            {
-                "name": q.name,
-                "version": None,
-                "category": None,
-                "depends": {},
-                "auto_install": False,
-                "distribution": q.distribution,
-                "head": None,
-                "status": "quarantined",
-                "reason": q.reason,
-            }
-            for q in platform.registry.quarantined.values()
-        ]
+        rows = module_catalogue(platform, states if tenant else None)
         if as_json:
             emit_json(rows)
             return

@@ -45,6 +45,9 @@ operators_app = typer.Typer(help="Platform operators (TOTP mandatory).", no_args
 roles_app = typer.Typer(help="A clinic's roles and their permissions.", no_args_is_help=True)
 keys_app = typer.Typer(help="Access-token signing keys (JWKS).", no_args_is_help=True)
 resellers_app = typer.Typer(help="Resellers and their admins.", no_args_is_help=True)
+plans_app = typer.Typer(
+    help="Reseller plans: clinics, modules, country packs.", no_args_is_help=True
+)
 clients_app = typer.Typer(
     help="Integration clients of resellers (OAuth2 client credentials).", no_args_is_help=True
 )
@@ -59,6 +62,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(roles_app, name="roles")
     app.add_typer(keys_app, name="keys")
     app.add_typer(resellers_app, name="resellers")
+    app.add_typer(plans_app, name="plans")
     app.add_typer(clients_app, name="clients")
 
 
@@ -379,6 +383,33 @@ def resellers_list(as_json: JsonOpt = False) -> None:
         table = Table("name", "plan", "admins", "clients")
         for d in data:
             _row(table, d["name"], d["plan"], d["admins"], d["clients"])
+        out.print(table)
+
+    run(go)
+
+
+@plans_app.command("list")
+def plans_list(as_json: JsonOpt = False) -> None:
+    """The plans a reseller can be on (`resellers create --plan`) and their limits."""
+    from dentalpin.cli import _row, emit_json, out, run
+    from dentalpin.platform._plans import list_plans
+
+    async def go(platform: Platform) -> None:
+        async with platform.db.engine.connect() as conn:
+            data = [p.as_dict() for p in await list_plans(conn)]
+        if as_json:
+            emit_json(data)
+            return
+        table = Table("plan", "clinics", "modules", "country packs", "description")
+        for d in data:
+            _row(
+                table,
+                d["name"],
+                d["max_tenants"] if d["max_tenants"] is not None else "unlimited",
+                ", ".join(d["modules"]) if d["modules"] is not None else "all",
+                (", ".join(d["countries"]) or "none") if d["countries"] is not None else "all",
+                d["description"],
+            )
         out.print(table)
 
     run(go)

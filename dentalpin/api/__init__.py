@@ -1,15 +1,22 @@
 """The platform's own HTTP API (composition layer): sign-in and sessions, the caller's
-profile, and a clinic's members, roles and audit log. Module routes live in the modules."""
+profile, a clinic's members, roles, audit log and approval requests, and the platform API
+of operators, resellers and integration clients (tenants, modules, jobs, resellers,
+users, clients). Module routes live in the modules."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 
 from .admin import router as admin_router
+from .approvals import router as approvals_router
 from .auth import router as auth_router
 from .auth import wellknown_router
 from .events import metrics_router
 from .events import router as events_router
+from .jobs import router as jobs_router
+from .resellers import router as resellers_router
+from .tenants import router as tenants_router
+from .users import router as users_router
 
 
 def include_routers(app: FastAPI) -> None:
@@ -18,6 +25,9 @@ def include_routers(app: FastAPI) -> None:
     app.include_router(admin_router)
     app.include_router(events_router)
     app.include_router(metrics_router)
+    app.include_router(approvals_router)
+    for router in (tenants_router, jobs_router, resellers_router, users_router):
+        app.include_router(router)
 
 
 __all__ = ["include_routers"]

@@ -13,25 +13,21 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from dentalpin.platform import Principal
-from dentalpin.platform._errors import Forbidden, InvalidInput, NotFound, Unauthenticated
-from dentalpin.platform._http import bearer_token, get_platform, get_principal
+from dentalpin.platform._errors import InvalidInput, NotFound, Unauthenticated
+from dentalpin.platform._http import Actor, bearer_token, get_platform, platform_access, public
 from dentalpin.platform._relay import dead_letters, pipeline_stats, retry_dead
 from dentalpin.platform._runtime import Platform
 from dentalpin.platform._tables import tenants
+
+from .schemas import problems
 
 router = APIRouter(prefix="/api/v1/events", tags=["events"])
 metrics_router = APIRouter(tags=["observability"])
 PlatformDep = Annotated[Platform, Depends(get_platform)]
 
 
-def operator(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
-    if not principal.is_operator:
-        raise Forbidden("only platform operators manage the event pipeline")
-    return principal
-
-
-Operator = Annotated[Principal, Depends(operator)]
+# Operators only (second factor included): dead letters name tenants and carry payload errors.
+Operator = Annotated[Actor, platform_access("jobs:read", operator_only=True)]
 
 
 class DeadLetter(BaseModel):
@@ -76,7 +72,7 @@ async def _tenant_id(platform: Platform, slug: str | None) -> uuid.UUID | None:
     return uuid.UUID(str(found))
 
 
-@router.get("/failed", response_model=list[DeadLetter])
+@router.get("/failed", response_model=list[DeadLetter], responses=problems(401, 403, 404, 422))
 async def list_failed(
     platform: PlatformDep,
     _: Operator,
@@ -87,13 +83,20 @@ async def list_failed(
     return await dead_letters(platform, tenant_id=await _tenant_id(platform, tenant), limit=limit)
 
 
-@router.post("/failed/{letter_id}/retry", response_model=Replayed, status_code=202)
+@router.post(
+    "/failed/{letter_id}/retry",
+    response_model=Replayed,
+    status_code=202,
+    responses=problems(401, 403, 404, 422),
+)
 async def retry_one(letter_id: int, platform: PlatformDep, _: Operator) -> dict[str, Any]:
     """Queue one dead letter again, with fresh attempts."""
     return {"tenants": [str(t) for t in await retry_dead(platform, [letter_id])]}
 
 
-@router.post("/retry", response_model=Replayed, status_code=202)
+@router.post(
+    "/retry", response_model=Replayed, status_code=202, responses=problems(401, 403, 404, 422)
+)
 async def retry_many(body: Replay, platform: PlatformDep, _: Operator) -> dict[str, Any]:
     """Queue dead letters again: the ones named, or all (of a tenant)."""
     if bool(body.ids) == body.all:
@@ -103,13 +106,13 @@ async def retry_many(body: Replay, platform: PlatformDep, _: Operator) -> dict[s
     return {"tenants": [str(t) for t in touched]}
 
 
-@router.get("/stats", response_model=Stats)
+@router.get("/stats", response_model=Stats, responses=problems(401, 403, 404))
 async def stats(platform: PlatformDep, _: Operator) -> dict[str, Any]:
     """Deliveries by state, outbox lag, dead letters and jobs by state."""
     return await pipeline_stats(platform)
 
 
-@metrics_router.get("/metrics", include_in_schema=False)
+@metrics_router.get("/metrics", include_in_schema=False, dependencies=[public()])
 async def metrics(request: Request, platform: PlatformDep) -> Response:
     """Prometheus exposition. With `metrics_token` set, scrapers send it as a Bearer token;
     in production without one, the endpoint does not exist."""

@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -24,6 +24,7 @@ from ._audit import AuditContext, record
 from ._errors import Conflict, InvalidInput, NotFound, PlatformError, Unauthenticated
 from ._identity import get_user
 from ._passwords import token_hash
+from ._plans import get_plan
 from ._runtime import Platform
 from ._tables import api_clients, reseller_admins, resellers
 from ._throttle import ACCOUNT, ADDRESS, Rule, address_key
@@ -33,10 +34,13 @@ from ._throttle import succeeded as throttle_succeeded
 from ._tokens import AccessClaims, InvalidToken, sign_access_token
 
 SCOPES: dict[str, str] = {
-    "tenants:read": "List and show the reseller's clinics",
-    "tenants:write": "Create clinics for the reseller's customers",
-    "modules:write": "Install and uninstall modules the reseller's plan allows",
-    "usage:read": "Read usage of the reseller's clinics",
+    "tenants:read": "List and show the reseller's clinics, their modules and roles",
+    "tenants:write": "Create the reseller's clinics; request a clinic's archive (approval)",
+    "modules:write": "Install, upgrade, restore and uninstall modules the reseller's plan allows",
+    "jobs:read": "Follow the lifecycle jobs of the reseller's clinics",
+    "members:read": "List the members of the reseller's clinics",
+    "members:write": "Create accounts and a new clinic's first members (until it has an admin)",
+    "usage:read": "Read the reseller's plan and the usage of its clinics",
 }
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{1,79}$")
 CLIENT_ID = re.compile(r"^dpc_[0-9a-f]{16}$")
@@ -79,7 +83,10 @@ async def create_reseller(
     conn: AsyncConnection, name: str, plan: str = "standard", *, ctx: AuditContext
 ) -> dict[str, Any]:
     name = _name(name, "reseller")
-    plan = _name(plan, "plan")
+    try:
+        plan = (await get_plan(conn, plan)).name
+    except NotFound as exc:
+        raise InvalidInput(exc.detail) from None
     reseller_id = uuid.uuid4()
     try:
         async with conn.begin_nested():
@@ -112,6 +119,21 @@ async def add_reseller_admin(
     await record(conn, ctx, "reseller.admin_added", target=user.email, reseller=reseller.name)
 
 
+async def reseller_by_id(conn: AsyncConnection, reseller_id: uuid.UUID) -> Any:
+    row = (await conn.execute(select(resellers).where(resellers.c.id == reseller_id))).first()
+    if row is None:
+        raise NotFound("no such reseller")
+    return row
+
+
+async def resellers_of(conn: AsyncConnection, user_id: uuid.UUID) -> frozenset[uuid.UUID]:
+    """The resellers a user administers (usually one)."""
+    rows = await conn.execute(
+        select(reseller_admins.c.reseller_id).where(reseller_admins.c.user_id == user_id)
+    )
+    return frozenset(rows.scalars())
+
+
 async def is_reseller_admin(conn: AsyncConnection, user_id: uuid.UUID) -> bool:
     found = await conn.scalar(
         select(reseller_admins.c.user_id).where(reseller_admins.c.user_id == user_id).limit(1)
@@ -119,7 +141,10 @@ async def is_reseller_admin(conn: AsyncConnection, user_id: uuid.UUID) -> bool:
     return found is not None
 
 
-async def list_resellers(conn: AsyncConnection) -> list[dict[str, Any]]:
+async def list_resellers(
+    conn: AsyncConnection, only: frozenset[uuid.UUID] | None = None
+) -> list[dict[str, Any]]:
+    """Every reseller, or only those of `only`, with their plan and counts."""
     admins = (
         select(func.count())
         .select_from(reseller_admins)
@@ -132,11 +157,12 @@ async def list_resellers(conn: AsyncConnection) -> list[dict[str, Any]]:
         .where(api_clients.c.reseller_id == resellers.c.id, api_clients.c.revoked_at.is_(None))
         .scalar_subquery()
     )
-    rows = await conn.execute(
-        select(resellers, admins.label("admins"), clients.label("clients")).order_by(
-            resellers.c.name
-        )
+    query = select(resellers, admins.label("admins"), clients.label("clients")).order_by(
+        resellers.c.name
     )
+    if only is not None:
+        query = query.where(resellers.c.id.in_(sorted(only)))
+    rows = await conn.execute(query)
     return [
         {"id": str(r.id), "name": r.name, "plan": r.plan, "admins": r.admins, "clients": r.clients}
         for r in rows
@@ -144,9 +170,15 @@ async def list_resellers(conn: AsyncConnection) -> list[dict[str, Any]]:
 
 
 async def create_client(
-    conn: AsyncConnection, name: str, reseller: str, scopes: list[str], *, ctx: AuditContext
+    conn: AsyncConnection,
+    name: str,
+    reseller: str | uuid.UUID,
+    scopes: list[str],
+    *,
+    ctx: AuditContext,
 ) -> tuple[str, str]:
-    """A new client of a reseller; returns (client id, secret). The secret is shown once."""
+    """A new client of a reseller (its name or id); returns (client id, secret). The
+    secret is shown once."""
     name = _name(name, "client")
     unknown = sorted(set(scopes) - set(SCOPES))
     if unknown or not scopes:
@@ -154,7 +186,11 @@ async def create_client(
             f"scopes must be some of {', '.join(sorted(SCOPES))}"
             + (f"; unknown: {', '.join(unknown)}" if unknown else "")
         )
-    owner = await reseller_by_name(conn, reseller)
+    owner = await (
+        reseller_by_id(conn, reseller)
+        if isinstance(reseller, uuid.UUID)
+        else reseller_by_name(conn, reseller)
+    )
     client_id = f"dpc_{secrets.token_hex(8)}"
     secret = f"dpcs_{secrets.token_urlsafe(32)}"
     await conn.execute(
@@ -170,6 +206,55 @@ async def create_client(
         conn, ctx, "client.created", target=client_id, reseller=owner.name, scopes=sorted(scopes)
     )
     return client_id, secret
+
+
+def _client(row: Any) -> dict[str, Any]:
+    return {
+        "client_id": row.id,
+        "name": row.name,
+        "reseller_id": str(row.reseller_id),
+        "scopes": list(row.scopes),
+        "created_at": row.created_at.isoformat(),
+        "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None,
+    }
+
+
+async def list_clients(
+    conn: AsyncConnection, only: frozenset[uuid.UUID] | None = None
+) -> list[dict[str, Any]]:
+    """Integration clients (never their secrets), of every reseller or of `only`'s."""
+    query = select(api_clients).order_by(api_clients.c.created_at, api_clients.c.id)
+    if only is not None:
+        query = query.where(api_clients.c.reseller_id.in_(sorted(only)))
+    return [_client(r) for r in await conn.execute(query)]
+
+
+async def revoke_client(
+    conn: AsyncConnection,
+    client_id: str,
+    only: frozenset[uuid.UUID] | None = None,
+    *,
+    ctx: AuditContext,
+) -> dict[str, Any]:
+    """Revoke a client: its tokens stop working at once (`load_client` checks). A client
+    of another reseller than `only`'s is reported as not found."""
+    query = select(api_clients).where(api_clients.c.id == client_id[:64]).with_for_update()
+    if only is not None:
+        query = query.where(api_clients.c.reseller_id.in_(sorted(only)))
+    row = (await conn.execute(query)).first()
+    if row is None:
+        raise NotFound(f"no client '{client_id[:64]}'")
+    if row.revoked_at is None:
+        row = (
+            await conn.execute(
+                update(api_clients)
+                .where(api_clients.c.id == row.id)
+                .values(revoked_at=func.now())
+                .returning(api_clients)
+            )
+        ).one()
+        await record(conn, ctx, "client.revoked", target=row.id)
+    return _client(row)
 
 
 @dataclass(frozen=True)

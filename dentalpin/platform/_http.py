@@ -18,7 +18,7 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ._auth import load_principal
-from ._clients import load_client
+from ._clients import SCOPES, load_client, resellers_of
 from ._db import TenantScope
 from ._errors import Forbidden, NotFound, Unauthenticated
 from ._module import TenantRef
@@ -180,13 +180,98 @@ class AuthenticatedRoute:
         return "authenticated()"
 
 
-Guard = PermissionCheck | PublicRoute | AuthenticatedRoute
+@dataclass(frozen=True)
+class Actor:
+    """Who acts on the platform API: an operator, a reseller admin, or an integration
+    client of a reseller. Resellers act only on their own tenants."""
+
+    principal: Principal
+    role: Literal["operator", "reseller", "client"]
+    reseller_ids: frozenset[uuid.UUID] = frozenset()
+
+    @property
+    def is_operator(self) -> bool:
+        return self.role == "operator"
+
+    @property
+    def resellers(self) -> frozenset[uuid.UUID] | None:
+        """None for an operator (every reseller); else the resellers the actor acts for."""
+        return None if self.is_operator else self.reseller_ids
+
+    def sees(self, reseller_id: uuid.UUID | None) -> bool:
+        return self.is_operator or (reseller_id is not None and reseller_id in self.reseller_ids)
+
+    @property
+    def name(self) -> str:
+        return self.principal.email or self.principal.subject
+
+
+class InsufficientScope(Forbidden):
+    problem = "insufficient-scope"
+
+
+class PlatformAccess:
+    """A platform-level route (tenants, resellers, jobs...), on the platform host.
+
+    Operators may call every one; reseller admins and integration clients only those not
+    `operator_only`, clients only with `scope` and never `users_only` ones. Users need a
+    session that passed the second factor. Which tenants an actor may touch is decided
+    by the route, from `Actor.resellers`.
+    """
+
+    def __init__(self, scope: str, *, operator_only: bool = False, users_only: bool = False):
+        if scope not in SCOPES:
+            raise ValueError(f"unknown scope {scope!r}")
+        self.scope = scope
+        self.operator_only = operator_only
+        self.users_only = users_only
+
+    async def __call__(
+        self, request: Request, principal: Annotated[Principal, Depends(get_principal)]
+    ) -> Actor:
+        if getattr(request.state, "host_tenant_id", None) is not None:
+            raise NotFound("the platform API is served on the platform host, not a clinic's")
+        actor = await self._actor(request, principal)
+        if self.operator_only and not actor.is_operator:
+            raise Forbidden("only a platform operator may do this")
+        if actor.role == "client":
+            if self.users_only:
+                raise Forbidden("integration clients cannot do this; a reseller admin can")
+            if self.scope not in principal.scopes:
+                raise InsufficientScope(f"this needs the scope '{self.scope}'")
+        elif not principal.mfa:
+            raise Forbidden("the platform API needs a session that passed the second factor")
+        return actor
+
+    @staticmethod
+    async def _actor(request: Request, principal: Principal) -> Actor:
+        if principal.kind == "client":
+            owned = frozenset({principal.reseller_id}) if principal.reseller_id else frozenset()
+            return Actor(principal, "client", owned)
+        if principal.is_operator:
+            return Actor(principal, "operator")
+        assert principal.user_id is not None
+        async with get_platform(request).db.engine.connect() as conn:
+            owned = await resellers_of(conn, principal.user_id)
+        if not owned:
+            raise Forbidden(
+                "the platform API is for operators, reseller admins and integration clients"
+            )
+        return Actor(principal, "reseller", owned)
+
+    def __repr__(self) -> str:
+        return f"platform_access({self.scope!r})"
+
+
+Guard = PermissionCheck | PublicRoute | AuthenticatedRoute | PlatformAccess
 
 
 def route_guards(dependant: Any) -> list[Guard]:
     """The permission checks and public markers anywhere in a route's dependency tree."""
     found: list[Guard] = []
-    if isinstance(dependant.call, PermissionCheck | PublicRoute | AuthenticatedRoute):
+    if isinstance(
+        dependant.call, PermissionCheck | PublicRoute | AuthenticatedRoute | PlatformAccess
+    ):
         found.append(dependant.call)
     for sub in dependant.dependencies:
         found += route_guards(sub)
@@ -202,6 +287,11 @@ def authenticated() -> Any:
     """Dependency for a platform route open to any signed-in principal (not for modules:
     the contract wants module routes to name a permission)."""
     return Depends(AuthenticatedRoute())
+
+
+def platform_access(scope: str, *, operator_only: bool = False, users_only: bool = False) -> Any:
+    """Dependency (yielding the `Actor`) for a platform-level route; see `PlatformAccess`."""
+    return Depends(PlatformAccess(scope, operator_only=operator_only, users_only=users_only))
 
 
 def public() -> Any:

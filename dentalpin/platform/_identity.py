@@ -221,6 +221,10 @@ async def _admins(conn: AsyncConnection, tenant_id: uuid.UUID) -> int:
     return int(count or 0)
 
 
+async def has_admin(conn: AsyncConnection, tenant_id: uuid.UUID) -> bool:
+    return await _admins(conn, tenant_id) > 0
+
+
 async def _check_grantor(
     conn: AsyncConnection,
     tenant_id: uuid.UUID,

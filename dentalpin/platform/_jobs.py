@@ -20,7 +20,7 @@ import os
 import socket
 import traceback
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import metadata as importlib_metadata
@@ -401,11 +401,17 @@ async def get_job(platform: Platform, job_id: uuid.UUID) -> JobRecord:
 
 
 async def list_jobs(
-    platform: Platform, tenant_id: uuid.UUID | None = None, limit: int = 50
+    platform: Platform,
+    tenant_id: uuid.UUID | None = None,
+    limit: int = 50,
+    among: Iterable[uuid.UUID] | None = None,
 ) -> list[JobRecord]:
+    """Newest first: every job, a tenant's, or (`among`) only those of these tenants."""
     query = select(jobs).order_by(jobs.c.created_at.desc()).limit(limit)
     if tenant_id is not None:
         query = query.where(jobs.c.tenant_id == tenant_id)
+    if among is not None:
+        query = query.where(jobs.c.tenant_id.in_(sorted(set(among))))
     async with platform.db.autocommit() as conn:
         return [_record(row) for row in await conn.execute(query)]
 

@@ -53,5 +53,6 @@ def audit_context(request: Request) -> AuditContext:
         request_id=request_id(request),
         ip=request.client.host if request.client else None,
         actor_id=getattr(principal, "user_id", None),
-        actor=getattr(principal, "email", None),
+        # A client has no e-mail: its client id names it.
+        actor=getattr(principal, "email", None) or getattr(principal, "subject", None),
     )

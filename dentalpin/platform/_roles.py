@@ -26,9 +26,12 @@ PLATFORM_PERMISSIONS: dict[str, str] = {
     "platform.member.manage": "Add, change and remove the clinic's members",
     "platform.role.manage": "Create, change and delete the clinic's custom roles",
     "platform.audit.read": "Read the clinic's audit log",
+    "platform.approval.manage": "Approve or reject a reseller's destructive operations",
 }
 """Not a module's: granted to `admin`, and assignable to custom roles like any other."""
-MFA_PERMISSIONS = frozenset({"platform.member.manage", "platform.role.manage"})
+MFA_PERMISSIONS = frozenset(
+    {"platform.member.manage", "platform.role.manage", "platform.approval.manage"}
+)
 """Holding any of these makes a member a tenant admin: a second factor is mandatory."""
 
 Conn = AsyncConnection | AsyncSession

@@ -58,6 +58,13 @@ tenants = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     Column("archived_at", DateTime(timezone=True)),
     Column("archive_id", UUID(as_uuid=True)),
+    # The reseller owning the clinic (revision 0005_platform_api); none: the operator's own.
+    Column(
+        "reseller_id",
+        UUID(as_uuid=True),
+        ForeignKey("resellers.id"),
+        index=True,
+    ),
     _states("status", TENANT_STATES),
     Index(
         "uq_tenants_live_slug", "slug", unique=True, postgresql_where=text("status <> 'archived'")
@@ -354,7 +361,7 @@ resellers = Table(
     metadata,
     Column("id", UUID(as_uuid=True), primary_key=True),
     Column("name", Text, nullable=False, unique=True),
-    Column("plan", Text, nullable=False, server_default="standard"),
+    Column("plan", Text, ForeignKey("plans.name"), nullable=False, server_default="standard"),
     _now(),
 )
 
@@ -428,4 +435,55 @@ periodic_runs = Table(
     Column("module", Text, primary_key=True),
     Column("job", Text, primary_key=True),
     Column("last_run_at", DateTime(timezone=True), nullable=False),
+)
+
+# Platform API (revision 0005_platform_api) ----------------------------------------------
+
+plans = Table(
+    "plans",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("description", Text, nullable=False, server_default=""),
+    # NULL: no limit. Counted: the reseller's clinics that are not archived.
+    Column("max_tenants", Integer),
+    # NULL: every installable module; else only these (auto-install modules always).
+    Column("modules", JSONB),
+    # NULL: every country pack; else packs of these countries only ([]: none).
+    Column("countries", JSONB),
+    _now(),
+    # No pattern on names: resellers' plans were free text before 0005 and carry over.
+    CheckConstraint("max_tenants is null or max_tenants >= 0", name="max_tenants_valid"),
+)
+
+APPROVAL_STATES = ("pending", "approved", "rejected", "expired")
+APPROVAL_KINDS = ("lifecycle.uninstall", "tenant.archive")
+
+approval_requests = Table(
+    "approval_requests",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column(
+        "tenant_id",
+        UUID(as_uuid=True),
+        ForeignKey("tenants.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("kind", Text, nullable=False),
+    Column("params", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("state", Text, nullable=False, server_default="pending"),
+    Column("reason", Text, nullable=False, server_default=""),
+    # Who asked: a reseller admin (user) or an integration client, on behalf of a reseller.
+    Column("reseller_id", UUID(as_uuid=True)),
+    Column("requested_by", Text, nullable=False),
+    Column("requested_by_id", UUID(as_uuid=True)),
+    _now(),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("decided_at", DateTime(timezone=True)),
+    Column("decided_by", Text),
+    Column("decided_by_id", UUID(as_uuid=True)),
+    Column("note", Text),
+    Column("job_id", UUID(as_uuid=True)),
+    _states("state", APPROVAL_STATES),
+    CheckConstraint("kind in ('lifecycle.uninstall', 'tenant.archive')", name="kind_valid"),
+    Index("ix_approval_requests_tenant_id_state", "tenant_id", "state"),
 )

@@ -69,6 +69,8 @@ class TenantRecord:
     placement: str
     created_at: datetime
     archived_at: datetime | None = None
+    reseller_id: uuid.UUID | None = None
+    archive_id: uuid.UUID | None = None
 
     @property
     def scope(self) -> TenantScope:
@@ -89,6 +91,8 @@ class TenantRecord:
             "placement": self.placement,
             "created_at": self.created_at.isoformat(),
             "archived_at": self.archived_at.isoformat() if self.archived_at else None,
+            "reseller_id": str(self.reseller_id) if self.reseller_id else None,
+            "archive_id": str(self.archive_id) if self.archive_id else None,
         }
 
 
@@ -129,6 +133,8 @@ def tenant_record(row: Any) -> TenantRecord:
         placement=row.placement,
         created_at=row.created_at,
         archived_at=row.archived_at,
+        reseller_id=row.reseller_id,
+        archive_id=row.archive_id,
     )
 
 

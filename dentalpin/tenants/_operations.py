@@ -25,6 +25,8 @@ from dentalpin.platform._jobs import (
     job_kind,
     submit,
 )
+from dentalpin.platform._plans import Plan, check_modules, claim_tenant_slot
+from dentalpin.platform._roles import installed_modules
 from dentalpin.platform._runtime import Platform
 from dentalpin.platform._tables import archives, tenant_modules, tenants
 
@@ -81,18 +83,25 @@ async def create_tenant(
     name: str | None = None,
     modules: list[str] | None = None,
     *,
+    reseller_id: uuid.UUID | None = None,
+    enforce_plan: bool = False,
     log: Log = _quiet,
     progress: Progress = _quiet,
 ) -> TenantRecord:
     """Provision a tenant: its row, schema and role, and its auto-install and chosen modules.
 
-    A spare schema (see `_spares`) is claimed when one is ready; otherwise all is made here."""
+    A spare schema (see `_spares`) is claimed when one is ready; otherwise all is made here.
+    `reseller_id` makes it that reseller's; `enforce_plan` holds the reseller to its plan
+    (number of clinics, modules and country packs), checked in the creating transaction."""
     validate_slug(slug)
     name = validate_name(name or slug.replace("-", " ").title())
     wanted = list(dict.fromkeys([*platform.registry.auto_install(), *(modules or [])]))
     for module in wanted:
         platform.registry.get(module)
     async with platform.db.engine.connect() as conn, conn.begin():
+        if reseller_id is not None and enforce_plan:
+            plan = await claim_tenant_slot(conn, reseller_id)
+            check_modules(plan, platform.registry, platform.registry.closure(wanted))
         claimed = await claim_spare(platform, conn, slug, name)
         if claimed is not None:
             # Migrated in advance; what remains is the clinic's: seed, hooks, roles, extras.
@@ -106,6 +115,11 @@ async def create_tenant(
             tenant = claimed
         else:
             tenant = await _provision(platform, conn, slug, name, wanted, log, progress)
+        if reseller_id is not None:
+            await conn.execute(
+                update(tenants).where(tenants.c.id == tenant.id).values(reseller_id=reseller_id)
+            )
+            tenant = TenantRecord(**{**tenant.__dict__, "reseller_id": reseller_id})
     how = "spare schema" if claimed is not None else "schema"
     await log(f"created tenant '{slug}' in {how} {tenant.schema_name}")
     return tenant
@@ -250,9 +264,17 @@ LIFECYCLE_KINDS = (
 
 
 async def submit_lifecycle(
-    platform: Platform, tenant: TenantRecord, kind: str, params: dict[str, Any]
+    platform: Platform,
+    tenant: TenantRecord,
+    kind: str,
+    params: dict[str, Any],
+    *,
+    plan: Plan | None = None,
 ) -> JobRecord:
-    """Check a lifecycle request up front (clear errors, no doomed job), then submit it."""
+    """Check a lifecycle request up front (clear errors, no doomed job), then submit it.
+
+    With a reseller's `plan`, modules the job would add (install, restore, and the
+    dependencies they lack) must be ones the plan allows."""
     if kind not in LIFECYCLE_KINDS:
         raise InvalidInput(f"'{kind}' is not a lifecycle operation")
     if tenant.status != "active":
@@ -260,6 +282,11 @@ async def submit_lifecycle(
     named = [*(params.get("modules") or []), *([params["module"]] if params.get("module") else [])]
     for name in named:
         platform.registry.get(name)
+    if plan is not None and kind in ("lifecycle.install", "lifecycle.restore"):
+        async with platform.db.engine.connect() as conn:
+            present = set(await installed_modules(conn, tenant.id))
+        added = [m for m in platform.registry.closure(named) if m not in present]
+        check_modules(plan, platform.registry, added)
     if params.get("archive_id"):
         try:
             uuid.UUID(str(params["archive_id"]))
@@ -342,11 +369,14 @@ async def _restore_job(platform: Platform, job: JobRecord, rec: JobRecorder) -> 
 
 
 async def dry_run_uninstall(
-    platform: Platform, slug: str, module: str, cascade: bool
+    platform: Platform, slug: str | TenantRecord, module: str, cascade: bool
 ) -> UninstallPlan:
     """The uninstall plan, computed in a transaction that is rolled back."""
-    async with platform.db.engine.connect() as conn:
-        tenant = await find_tenant(conn, slug)
+    if isinstance(slug, TenantRecord):
+        tenant = slug
+    else:
+        async with platform.db.engine.connect() as conn:
+            tenant = await find_tenant(conn, slug)
     async with tenant_operation(platform, tenant) as op:
         plan = await plan_uninstall(op, module, cascade)
         await op.conn.rollback()

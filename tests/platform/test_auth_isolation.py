@@ -21,7 +21,13 @@ from fastapi.routing import APIRoute
 from sqlalchemy import text
 
 from dentalpin.app import create_app
-from dentalpin.platform._http import AuthenticatedRoute, PermissionCheck, PublicRoute, route_guards
+from dentalpin.platform._http import (
+    AuthenticatedRoute,
+    PermissionCheck,
+    PlatformAccess,
+    PublicRoute,
+    route_guards,
+)
 from dentalpin.platform._roles import BUILTIN_ROLES
 from dentalpin.platform._tokens import AUDIENCE
 from dentalpin.tenants import create_tenant
@@ -39,6 +45,8 @@ class Case:
     path: str
     permissions: tuple[str, ...]
     public: bool
+    platform_api: PlatformAccess | None = None
+    """The guard of a platform API route (operators, resellers, clients; tests/api)."""
 
     @property
     def id(self) -> str:
@@ -61,8 +69,9 @@ def cases(routes: list[Any]) -> list[Case]:
         guards = route_guards(route.dependant)
         permissions = tuple(g.permission for g in guards if isinstance(g, PermissionCheck))
         public = any(isinstance(g, PublicRoute) for g in guards)
+        access = next((g for g in guards if isinstance(g, PlatformAccess)), None)
         for method in sorted(route.methods):
-            found.append(Case(method, route.path, permissions, public))
+            found.append(Case(method, route.path, permissions, public, access))
     return found
 
 
@@ -97,7 +106,7 @@ def test_every_route_is_public_or_guarded():
         if is_api_route(r)
         for g in route_guards(r.dependant)
     }
-    assert kinds == {PermissionCheck, PublicRoute, AuthenticatedRoute}
+    assert kinds == {PermissionCheck, PublicRoute, AuthenticatedRoute, PlatformAccess}
 
 
 @dataclass

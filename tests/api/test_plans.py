@@ -1,0 +1,174 @@
+"""Reseller plans: the number of clinics, and which modules and country packs they may
+install; exceeding them is refused with a problem that says why. Operators are not bound."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from dentalpin.platform._audit import CLI
+from dentalpin.platform._plans import counted_tenants
+from tests.api.world import make_plan, make_reseller, wait
+from tests.conftest import unique_slug
+from tests.platform.identity import bearer, client, make_user, session
+from tests.test_cli import Cli
+
+
+async def test_the_number_of_clinics_is_limited(platform):
+    plan = await make_plan(platform, max_tenants=3)
+    reseller = await make_reseller(platform, plan=plan)  # owns one clinic already
+    async with client(platform) as http:
+        # Two at once for the last two slots, then one too many at once: the reseller row's
+        # lock lets exactly the allowed number through.
+        first = await asyncio.gather(
+            *(
+                http.post(
+                    "/api/v1/tenants",
+                    json={"slug": unique_slug("pl")},
+                    headers=reseller.admin_headers,
+                )
+                for _ in range(3)
+            )
+        )
+        statuses = sorted(r.status_code for r in first)
+        assert statuses == [201, 201, 409], [r.text for r in first]
+        refused = next(r for r in first if r.status_code == 409).json()
+        assert refused["type"].endswith("/plan-limit-reached")
+        assert f"plan '{plan}' allows 3 clinic(s)" in refused["detail"]
+        async with platform.db.engine.connect() as conn:
+            assert await counted_tenants(conn, reseller.id) == 3
+
+        usage = await http.get(
+            f"/api/v1/resellers/{reseller.id}/usage", headers=reseller.client_headers
+        )
+        assert usage.json()["tenants_counted"] == 3 and usage.json()["tenants_allowed"] == 3
+
+        operator = bearer(await session(platform, await make_user(platform, operator=True), None))
+        beyond = await http.post(
+            "/api/v1/tenants",
+            json={"slug": unique_slug("pl"), "reseller_id": str(reseller.id)},
+            headers=operator,
+        )
+        assert beyond.status_code == 201, beyond.text  # the operator sells the plans
+
+        # Archiving frees a slot.
+        archived = await http.post(
+            f"/api/v1/tenants/{reseller.tenant.slug}/archive", headers=operator
+        )
+        await wait(platform, archived.json()["id"])
+        async with platform.db.engine.connect() as conn:
+            assert await counted_tenants(conn, reseller.id) == 3
+
+
+async def test_modules_and_country_packs_follow_the_plan(platform):
+    no_packs = await make_reseller(platform, plan=await make_plan(platform, countries=[]))
+    only_visits = await make_reseller(
+        platform, plan=await make_plan(platform, modules=["fx_visits"])
+    )
+    spain = await make_reseller(platform, plan=await make_plan(platform, countries=["ES"]))
+    async with client(platform) as http:
+
+        async def install(reseller, module):
+            return await http.post(
+                f"/api/v1/tenants/{reseller.tenant.slug}/modules",
+                json={"modules": [module]},
+                headers=reseller.client_headers,
+            )
+
+        refused = await install(no_packs, "recall")
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["type"].endswith("/plan-exceeded")
+        assert "country pack for ES, PT" in refused.json()["detail"]
+        catalogue = {
+            m["name"]: m["allowed_by_plan"]
+            for m in (
+                await http.get(
+                    f"/api/v1/tenants/{no_packs.tenant.slug}/modules",
+                    headers=no_packs.admin_headers,
+                )
+            ).json()
+        }
+        assert catalogue["recall"] is False and catalogue["fx_visits"] is True
+        assert catalogue["fx_people"] is True  # auto-install: the base product
+
+        refused = await install(only_visits, "recall")
+        assert refused.status_code == 403
+        assert "module 'recall' is not part of plan" in refused.json()["detail"]
+        allowed = await install(only_visits, "fx_visits")
+        assert allowed.status_code == 202, allowed.text
+        assert (await wait(platform, allowed.json()["id"])).state == "succeeded"
+
+        allowed = await install(spain, "recall")
+        assert allowed.status_code == 202, allowed.text
+        await wait(platform, allowed.json()["id"])
+
+        slug = unique_slug("pl")
+        created = await http.post(
+            "/api/v1/tenants",
+            json={"slug": slug, "modules": ["recall"]},
+            headers=no_packs.admin_headers,
+        )
+        assert created.status_code == 403, created.text
+        # Refused inside the creating transaction: nothing of it is left.
+        missing = await http.get(f"/api/v1/tenants/{slug}", headers=no_packs.admin_headers)
+        assert missing.status_code == 404
+
+
+async def test_plan_names_are_validated(platform, fresh_platform, tmp_path: Path):
+    from dentalpin.platform._clients import create_reseller
+    from dentalpin.platform._errors import InvalidInput
+
+    async with platform.db.engine.begin() as conn:
+        with pytest.raises(InvalidInput, match=r"no plan named 'platinum'.*starter"):
+            await create_reseller(conn, "Unplanned Partner", "platinum", ctx=CLI)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    cli = Cli(fresh_platform, work)
+    failed = cli("resellers", "create", "Dental Partners", "--plan", "gold", code=1)
+    assert "no plan named 'gold'" in failed.output and "standard" in failed.output
+    cli("resellers", "create", "Dental Partners", "--plan", "starter")
+    listed = cli("resellers", "list", "--json").json()
+    assert [(r["name"], r["plan"]) for r in listed] == [("Dental Partners", "starter")]
+    plans = {p["name"]: p for p in cli("plans", "list", "--json").json()}
+    assert set(plans) == {"starter", "standard", "pro"} and plans["starter"]["countries"] == []
+    assert "none" in cli("plans", "list").output
+    slug = unique_slug("cli")
+    made = cli("tenants", "create", slug, "--reseller", "Dental Partners", "--json").json()
+    assert made["reseller_id"] == listed[0]["id"]
+    assert (
+        "no reseller named" in cli("tenants", "create", slug, "--reseller", "Nobody", code=1).output
+    )
+
+
+async def test_the_migration_keeps_plans_resellers_already_had(fresh_platform):
+    """Before 0005 a plan was free text: such plans become plans without limits."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from dentalpin.tenants import migrate_platform
+    from dentalpin.tenants._fleet import alembic_config, platform_head
+
+    def downgrade(conn):
+        config = alembic_config()
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0004_events")
+
+    async with fresh_platform.db.engine.connect() as conn:
+        await conn.run_sync(downgrade)
+        await conn.execute(
+            text(
+                "insert into platform.resellers (id, name, plan) "
+                "values (gen_random_uuid(), 'Old Partner', 'Legacy Gold')"
+            )
+        )
+        await conn.commit()
+    assert await migrate_platform(fresh_platform) == platform_head()
+    async with fresh_platform.db.engine.connect() as conn:
+        row = (
+            await conn.execute(text("select * from platform.plans where name = 'Legacy Gold'"))
+        ).one()
+        seeded = set((await conn.execute(text("select name from platform.plans"))).scalars())
+    assert row.max_tenants is None and row.modules is None and row.countries is None
+    assert seeded == {"starter", "standard", "pro", "Legacy Gold"}
