@@ -8,12 +8,16 @@ from fastapi import FastAPI
 from .admin import router as admin_router
 from .auth import router as auth_router
 from .auth import wellknown_router
+from .domains import router as domains_router
+from .sso import router as sso_router
 
 
 def include_routers(app: FastAPI) -> None:
     app.include_router(wellknown_router)
     app.include_router(auth_router)
     app.include_router(admin_router)
+    app.include_router(sso_router)
+    app.include_router(domains_router)
 
 
 __all__ = ["include_routers"]
