@@ -276,6 +276,26 @@ async def test_an_admin_signing_in_with_the_provider_still_owes_a_second_factor(
     assert "access_token" not in signed.text
 
 
+async def test_a_web_sign_in_that_owes_a_second_factor_hands_it_to_the_page(
+    platform, idp, clinic_a
+):
+    admin = await member(platform, clinic_a, roles=["admin"])
+    sub = subject()
+    await link(platform, idp, clinic_a, admin, Login(sub))
+    async with browser(platform, clinic_a.host) as http:
+        start = await http.get(
+            f"/api/v1/auth/sso/{clinic_a.provider_id}/start", params={"return_to": "/login"}
+        )
+        done = await to_callback(http, idp, start, Login(sub))
+    assert done.status_code == 303, done.text
+    path, _, fragment = done.headers["location"].partition("#")
+    assert path == "/login"
+    handed = parse_qs(fragment)
+    assert handed["mfa"] == ["mfa-enrolment-required"]
+    assert handed["mfa_token"][0].startswith("dpmfa_")
+    assert not [c for c in done.headers.get_list("set-cookie") if c.startswith("__Host-dp_access")]
+
+
 # Hostile cases -----------------------------------------------------------------------
 
 
