@@ -405,7 +405,13 @@ async def _exchange(
 ) -> str:
     """Trade the code (and the PKCE verifier) for the ID token at the token endpoint."""
     methods = doc.get("token_endpoint_auth_methods_supported") or ["client_secret_basic"]
-    secret = fernet(platform.settings, "oidc-client-secret").decrypt(row.client_secret.encode())
+    try:
+        secret = fernet(platform.settings, "oidc-client-secret").decrypt(row.client_secret.encode())
+    except FernetInvalid as exc:
+        raise Unavailable(
+            "this provider's client secret cannot be decrypted with the current "
+            "DENTALPIN_SECRET_KEY; the clinic admin must configure the provider again"
+        ) from exc
     client = AsyncOAuth2Client(
         client_id=row.client_id,
         client_secret=secret.decode(),
