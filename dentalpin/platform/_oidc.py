@@ -39,7 +39,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ._audit import AuditContext, record
 from ._auth import MfaRequired, NotAMember, TokenPair, _membership_for, sign_in
 from ._clients import is_reseller_admin
-from ._errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthenticated, Unavailable
+from ._errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    PlatformError,
+    Unauthenticated,
+    Unavailable,
+)
 from ._passwords import fernet
 from ._runtime import Platform
 from ._settings import Settings
@@ -543,70 +551,100 @@ async def finish(
 async def _sign_in(
     platform: Platform, row: Any, claims: dict[str, Any], flow: Flow, ctx: AuditContext
 ) -> TokenPair | MfaRequired:
+    """Find (or, linking, record) the user of (issuer, subject) and open their session in
+    the provider's clinic. Refusals are audited and committed before they are raised."""
     subject, email = claims["sub"], claims.get("email")
     email = email[:320] if isinstance(email, str) else None
-    link_user = uuid.UUID(flow.link_user) if flow.link_user else None
-    failure: Exception | None = None
-    result: TokenPair | MfaRequired | None = None
+    details = {"issuer": row.issuer, "subject": subject, "provider": str(row.id)}
+    outcome: TokenPair | MfaRequired | PlatformError
     async with platform.db.engine.begin() as conn:
         key = (oidc_identities.c.issuer == row.issuer) & (oidc_identities.c.subject == subject)
         linked = await conn.scalar(select(oidc_identities.c.user_id).where(key).with_for_update())
-        details = {"issuer": row.issuer, "subject": subject, "provider": str(row.id)}
-        if link_user is not None:
-            await _membership_for(conn, link_user, row.tenant_id)  # NotAMember: nothing kept
-            if linked is not None and linked != link_user:
-                raise Conflict("this identity is already linked to another account")
-            if linked is None:
-                await conn.execute(
-                    insert(oidc_identities).values(
-                        issuer=row.issuer,
-                        subject=subject,
-                        user_id=link_user,
-                        provider_id=row.id,
-                        email=email,
-                    )
-                )
-                await record(
-                    conn, ctx.by(link_user, None), "sso.linked", tenant_id=row.tenant_id, **details
-                )
-            linked = link_user
+        if flow.link_user:
+            linked = await _link(conn, row, subject, email, linked, uuid.UUID(flow.link_user), ctx)
         if linked is None:
             await record(
                 conn, ctx, "sso.unknown_identity", tenant_id=row.tenant_id, target=email, **details
             )
-            failure = UnknownIdentity(
-                "this identity is not linked to an account of this clinic: sign in with your "
-                "password and link it (POST /api/v1/auth/sso/{provider}/link), or ask the "
-                "clinic's admin to add you first"
+            outcome = UnknownIdentity(
+                "this identity is not linked to an account: sign in with your password and "
+                "link it (POST /api/v1/auth/sso/{provider}/link); without an account, ask "
+                "the clinic's admin for one"
             )
         else:
-            user = (await conn.execute(select(users).where(users.c.id == linked))).one()
-            try:
-                membership = await _membership_for(conn, user.id, row.tenant_id)
-            except NotAMember as exc:
-                await record(
-                    conn, ctx.by(user.id, user.email), "sso.refused", tenant_id=row.tenant_id,
-                    reason="not a member", **details,
-                )  # fmt: skip
-                failure = exc
-            else:
-                if user.disabled:
-                    raise SsoFailed("this account is disabled")
+            outcome = await _open(platform, conn, row, linked, ctx, details)
+            if not _refused(outcome):
                 await conn.execute(
                     update(oidc_identities).where(key).values(last_login_at=func.now(), email=email)
                 )
-                result = await sign_in(
-                    platform,
-                    conn,
-                    user,
-                    membership,
-                    ctx,
-                    reseller_admin=await is_reseller_admin(conn, user.id),
-                    method="oidc",
-                    **details,
-                )
-    # Committed: refusals stay in the audit log.
-    if failure is not None:
-        raise failure
-    assert result is not None
-    return result
+    if _refused(outcome):
+        assert isinstance(outcome, PlatformError)
+        raise outcome
+    assert not isinstance(outcome, PlatformError) or isinstance(outcome, MfaRequired)
+    return outcome
+
+
+def _refused(outcome: object) -> bool:
+    """A refusal, as opposed to a session or a second-factor challenge (also an error)."""
+    return isinstance(outcome, PlatformError) and not isinstance(outcome, MfaRequired)
+
+
+async def _link(
+    conn: AsyncConnection,
+    row: Any,
+    subject: str,
+    email: str | None,
+    linked: uuid.UUID | None,
+    user_id: uuid.UUID,
+    ctx: AuditContext,
+) -> uuid.UUID:
+    """Record the identity for the member who started a link (nothing kept on refusal)."""
+    await _membership_for(conn, user_id, row.tenant_id)  # NotAMember
+    if linked is not None and linked != user_id:
+        raise Conflict("this identity is already linked to another account")
+    if linked is None:
+        await conn.execute(
+            insert(oidc_identities).values(
+                issuer=row.issuer, subject=subject, user_id=user_id, provider_id=row.id, email=email
+            )
+        )
+        await record(
+            conn,
+            ctx.by(user_id, None),
+            "sso.linked",
+            tenant_id=row.tenant_id,
+            issuer=row.issuer,
+            subject=subject,
+            provider=str(row.id),
+        )
+    return user_id
+
+
+async def _open(
+    platform: Platform,
+    conn: AsyncConnection,
+    row: Any,
+    user_id: uuid.UUID,
+    ctx: AuditContext,
+    details: dict[str, Any],
+) -> TokenPair | MfaRequired | PlatformError:
+    """A session in the provider's clinic, for a member of it only."""
+    user = (await conn.execute(select(users).where(users.c.id == user_id))).one()
+    if user.disabled:
+        return SsoFailed("this account is disabled")
+    try:
+        membership = await _membership_for(conn, user.id, row.tenant_id)
+    except NotAMember as exc:
+        actor = ctx.by(user.id, user.email)
+        await record(conn, actor, "sso.refused", tenant_id=row.tenant_id, **details)
+        return exc
+    return await sign_in(
+        platform,
+        conn,
+        user,
+        membership,
+        ctx,
+        reseller_admin=await is_reseller_admin(conn, user.id),
+        method="oidc",
+        **details,
+    )

@@ -399,10 +399,10 @@ async def test_a_provider_of_clinic_a_never_signs_into_clinic_b(platform, idp, c
         idp.next_login = Login(sub)
         async with httpx.AsyncClient() as outside:
             back = (await outside.get(start.headers["location"])).headers["location"]
-        elsewhere = await http.get(
-            f"https://{clinic_b.host}/api/v1/auth/sso/callback?{urlsplit(back).query}",
-            cookies={"__Host-dp_sso": http.cookies["__Host-dp_sso"]},
-        )
+        flow = http.cookies["__Host-dp_sso"]
+    async with browser(platform, clinic_b.host) as http:
+        http.cookies.set("__Host-dp_sso", flow)
+        elsewhere = await http.get(f"/api/v1/auth/sso/callback?{urlsplit(back).query}")
     assert_problem(elsewhere, 403)
     # B's provider (same issuer, B's client) for a member of A only: not a member of B.
     through_b = await sign_in(platform, idp, clinic_b, Login(sub))
@@ -446,3 +446,16 @@ async def test_a_removed_provider_signs_nobody_in(platform, idp):
         async with httpx.AsyncClient() as outside:
             back = (await outside.get(start.headers["location"])).headers["location"]
         assert_problem(await http.get(back), 404)
+
+
+async def test_a_disabled_account_is_not_signed_in_by_its_provider(platform, idp, clinic_a):
+    from dentalpin.platform._tables import users
+
+    user = await member(platform, clinic_a)
+    sub = subject()
+    assert (await link(platform, idp, clinic_a, user, Login(sub))).status_code == 200
+    async with platform.db.engine.begin() as conn:
+        await conn.execute(users.update().where(users.c.id == user.id).values(disabled=True))
+    refused = await sign_in(platform, idp, clinic_a, Login(sub))
+    assert_problem(refused, 401, "sso-failed")
+    assert "disabled" in refused.json()["detail"]
