@@ -243,3 +243,52 @@ async def test_the_cli_adds_verifies_lists_and_removes(dns_platform, dns_zone, t
     assert cli("domains", "list", tenant.slug, "--json").json() == []
     assert "not a host name" in cli("domains", "add", tenant.slug, "localhost", code=1).output
     assert cli("domains", "remove", tenant.slug, name, code=1).code == 1
+
+
+async def test_revision_0007_downgrades_keeping_one_claim_per_name_and_upgrades_again(
+    fresh_platform,
+):
+    from alembic import command
+    from sqlalchemy import text
+
+    from dentalpin.tenants import migrate_platform
+    from dentalpin.tenants._fleet import alembic_config
+
+    platform = fresh_platform
+    a = await create_tenant(platform, unique_slug("dg-a"))
+    b = await create_tenant(platform, unique_slug("dg-b"))
+    name, other = domain(), domain()
+    async with platform.db.engine.begin() as conn:
+        for tenant, hostname, verified in ((a, name, False), (b, name, True), (a, other, False)):
+            await conn.execute(
+                text(
+                    "insert into platform.domains (hostname, tenant_id, verified, verification_token)"
+                    " values (:h, :t, :v, 'x')"
+                ),
+                {"h": hostname, "t": tenant.id, "v": verified},
+            )
+
+    def downgrade(conn):
+        config = alembic_config()
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0003_spare_schemas")
+
+    async with platform.db.engine.connect() as conn:
+        await conn.run_sync(downgrade)
+        await conn.commit()
+        kept = (
+            await conn.execute(
+                text("select hostname, tenant_id from platform.domains order by hostname")
+            )
+        ).all()
+        tables = set(
+            (
+                await conn.execute(
+                    text("select tablename from pg_tables where schemaname = 'platform'")
+                )
+            ).scalars()
+        )
+    # The verified claim wins; the name only one clinic claimed stays.
+    assert sorted(kept) == sorted([(name, b.id), (other, a.id)])
+    assert not {"oidc_providers", "oidc_identities"} & tables
+    assert await migrate_platform(platform) == "0007_sso_domains"

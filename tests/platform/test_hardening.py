@@ -13,7 +13,16 @@ from dentalpin.app import create_app
 from dentalpin.platform._settings import Settings
 from dentalpin.tenants import create_tenant
 from tests.conftest import unique_slug
-from tests.platform.identity import PASSWORD, add_member, bearer, host_of, make_user, random_ip
+from tests.platform.identity import (
+    PASSWORD,
+    add_member,
+    bearer,
+    code,
+    host_of,
+    make_user,
+    random_ip,
+    totp_secret,
+)
 
 LOGIN = "/api/v1/auth/login"
 ME = "/api/v1/me"
@@ -271,3 +280,31 @@ async def test_a_session_cookie_of_clinic_a_is_refused_on_clinic_bs_host(
         http.cookies.set("__Host-dp_access", access)
         response = await http.get("/api/v1/recall/reminders")
     assert response.status_code == 403, response.text
+
+
+async def test_an_admin_finishes_a_cookie_sign_in_with_the_second_factor(platform, clinic):
+    admin = await make_user(platform)
+    await add_member(platform, clinic, admin, ["admin"])
+    async with http_client(platform, host_of(clinic)) as http:
+        first = await http.post(
+            LOGIN,
+            json={
+                "email": admin.email,
+                "password": PASSWORD,
+                "tenant": clinic.slug,
+                "cookie": True,
+            },
+        )
+        assert first.status_code == 401 and not first.headers.get_list("set-cookie")
+        challenge = first.json()["mfa_token"]
+        enrol = await http.post("/api/v1/auth/mfa/enrol", json={"mfa_token": challenge})
+        assert enrol.status_code == 200, enrol.text
+        secret = await totp_secret(platform, admin.id)
+        done = await http.post(
+            "/api/v1/auth/mfa/enrol/confirm",
+            json={"mfa_token": challenge, "code": code(secret), "cookie": True},
+        )
+        assert done.status_code == 200, done.text
+        assert done.json()["token_type"] == "cookie" and "access_token" not in done.json()
+        me = await http.get(ME)
+    assert me.status_code == 200 and me.json()["mfa"] is True
