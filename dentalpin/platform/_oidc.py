@@ -448,6 +448,12 @@ async def _exchange(
     return id_token
 
 
+def _same(given: str, expected: str) -> bool:
+    """Constant-time comparison that also takes non-ASCII input (compare_digest of str
+    raises on it)."""
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
 def _header(token: str) -> dict[str, Any]:
     try:
         segment = token.split(".", 1)[0]
@@ -496,7 +502,7 @@ async def verify_id_token(
         raise SsoFailed("the ID token was issued for another application (audience)")
     if len(audiences) > 1 and claims.get("azp") != client_id:
         raise SsoFailed("the ID token was issued for another application (azp)")
-    if not isinstance(claims.get("nonce"), str) or not hmac.compare_digest(claims["nonce"], nonce):
+    if not isinstance(claims.get("nonce"), str) or not _same(claims["nonce"], nonce):
         raise SsoFailed("the ID token does not belong to this sign-in (nonce)")
     if not isinstance(claims.get("sub"), str) or not 0 < len(claims["sub"]) <= 255:
         raise SsoFailed("the ID token's subject is not valid")
@@ -529,7 +535,7 @@ async def finish(
     """The provider sent the browser back: check the flow, trade the code, verify the ID
     token, find the linked user and open a session in the provider's clinic."""
     flow = _unseal(platform.settings, sealed)
-    if not state or not hmac.compare_digest(state, flow.state):
+    if not state or not _same(state, flow.state):
         raise SsoFailed("the sign-in response does not match this browser's sign-in (state)")
     if error:
         raise SsoFailed(f"the identity provider did not sign you in ({error[:100]})")

@@ -343,9 +343,10 @@ async def test_a_wrong_or_missing_state_is_refused(platform, idp, clinic_a):
         query = parse_qs(urlsplit(back).query)
         code = query["code"][0]
         callback = "/api/v1/auth/sso/callback"
-        wrong = await http.get(callback, params={"code": code, "state": "x" + query["state"][0]})
-        assert_problem(wrong, 401, "sso-failed")
-        assert "state" in wrong.json()["detail"]
+        for bad in ("x" + query["state"][0], "é" + query["state"][0][1:], ""):
+            wrong = await http.get(callback, params={"code": code, "state": bad})
+            assert_problem(wrong, 401, "sso-failed")
+            assert "state" in wrong.json()["detail"]
     # The right state, but from a browser that did not start this sign-in (no flow cookie).
     async with browser(platform, clinic_a.host) as other_browser:
         stolen = await other_browser.get(
@@ -358,6 +359,7 @@ async def test_a_wrong_or_missing_state_is_refused(platform, idp, clinic_a):
     ("claims", "forge", "reason"),
     [
         ({"nonce": "not-the-one-we-sent"}, False, "nonce"),
+        ({"nonce": "ñ-not-ascii"}, False, "nonce"),
         ({"aud": "another-application"}, False, "audience"),
         ({"aud": ["another-application", "CLIENT"]}, False, "azp"),
         ({"iss": "https://impostor.example.es"}, False, "issuer"),
@@ -366,6 +368,7 @@ async def test_a_wrong_or_missing_state_is_refused(platform, idp, clinic_a):
     ],
     ids=[
         "wrong-nonce",
+        "non-ascii-nonce",
         "other-audience",
         "multi-audience-without-azp",
         "other-issuer",
