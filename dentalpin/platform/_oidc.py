@@ -442,6 +442,8 @@ async def _exchange(
         raise SsoFailed(f"the identity provider refused the sign-in ({exc.error})") from exc
     except httpx.HTTPError as exc:
         raise Unavailable("the identity provider cannot be reached; retry later") from exc
+    except ValueError as exc:  # not a JSON token response
+        raise SsoFailed("the identity provider's token response is not valid") from exc
     id_token = token.get("id_token") if isinstance(token, dict) else None
     if not isinstance(id_token, str):
         raise SsoFailed("the identity provider returned no ID token")
