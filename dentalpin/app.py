@@ -28,11 +28,13 @@ from dentalpin.api import include_routers
 from dentalpin.platform import Conflict, NotFound, TenantRef
 from dentalpin.platform._db import TenantScope
 from dentalpin.platform._errors import Unavailable
+from dentalpin.platform._hardening import install_hardening
 from dentalpin.platform._http import Forbidden, bearer_claims, public, route_guards
 from dentalpin.platform._middleware import RetryStaleStatements
 from dentalpin.platform._problems import install_problem_handlers
 from dentalpin.platform._request_id import RequestId
 from dentalpin.platform._runtime import Platform
+from dentalpin.platform._settings import get_settings
 from dentalpin.tenants import lineages
 from dentalpin.tenants._fleet import MIGRATIONS_DIR, alembic_config
 
@@ -184,7 +186,8 @@ def create_app(platform: Platform | None = None) -> FastAPI:
     )
     install_problem_handlers(app)
     app.add_middleware(RetryStaleStatements)
-    app.add_middleware(RequestId)  # outermost: retried requests keep their id
+    app.add_middleware(RequestId)  # retried requests keep their id
+    install_hardening(app, platform.settings if platform is not None else get_settings())
     app.include_router(_health_router())
     include_routers(app)
     registry = platform.registry if platform is not None else None

@@ -11,10 +11,12 @@ from .admin import router as admin_router
 from .approvals import router as approvals_router
 from .auth import router as auth_router
 from .auth import wellknown_router
+from .domains import router as domains_router
 from .events import metrics_router
 from .events import router as events_router
 from .jobs import router as jobs_router
 from .resellers import router as resellers_router
+from .sso import router as sso_router
 from .tenants import router as tenants_router
 from .users import router as users_router
 
@@ -28,6 +30,8 @@ def include_routers(app: FastAPI) -> None:
     app.include_router(approvals_router)
     for router in (tenants_router, jobs_router, resellers_router, users_router):
         app.include_router(router)
+    app.include_router(sso_router)
+    app.include_router(domains_router)
 
 
 __all__ = ["include_routers"]

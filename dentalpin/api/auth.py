@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dentalpin.platform import Principal
 from dentalpin.platform._auth import (
+    TokenPair,
     change_password,
     complete_mfa,
     confirm_enrolment,
@@ -31,6 +32,13 @@ from dentalpin.platform._request_id import audit_context
 from dentalpin.platform._roles import installed_modules
 from dentalpin.platform._runtime import Platform
 from dentalpin.platform._tokens import jwks
+from dentalpin.platform._websession import (
+    REFRESH_COOKIE,
+    check_csrf,
+    clear_session_cookies,
+    refresh_session_id,
+    set_session_cookies,
+)
 
 API = "/api/v1"
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -59,11 +67,14 @@ class LoginIn(Strict):
     email: str = Field(min_length=3, max_length=320)
     password: str = Field(min_length=1, max_length=1024)
     tenant: str | None = Field(default=None, max_length=63)
+    cookie: bool = False
+    """A web session: the tokens go in `__Host-` cookies, the body has the CSRF token."""
 
 
 class MfaIn(Strict):
     mfa_token: str = Field(min_length=1, max_length=200)
     code: str = Field(min_length=1, max_length=16)
+    cookie: bool = False
 
 
 class EnrolIn(Strict):
@@ -75,10 +86,12 @@ class EnrolIn(Strict):
 class EnrolConfirmIn(Strict):
     mfa_token: str | None = Field(default=None, max_length=200)
     code: str = Field(min_length=1, max_length=16)
+    cookie: bool = False
 
 
 class RefreshIn(Strict):
-    refresh_token: str = Field(min_length=1, max_length=200)
+    refresh_token: str | None = Field(default=None, min_length=1, max_length=200)
+    """Without it, the web session's refresh cookie (and its CSRF token in X-CSRF-Token)."""
 
 
 class SwitchIn(Strict):
@@ -95,6 +108,13 @@ def _tokens(response: Response, body: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+def _issue(response: Response, platform: Platform, pair: TokenPair, cookie: bool) -> dict[str, Any]:
+    """The pair in the body (API clients), or in the web session's cookies."""
+    if cookie:
+        return _tokens(response, set_session_cookies(response, platform.settings, pair))
+    return _tokens(response, pair.as_dict())
+
+
 @wellknown_router.get("/.well-known/jwks.json", dependencies=[public()])
 async def jwks_document(platform: PlatformDep, response: Response) -> dict[str, Any]:
     """The public keys that verify access tokens (current and recently retired ones)."""
@@ -109,7 +129,7 @@ async def login_route(
     """Password sign-in into a clinic. 401 `mfa-required` / `mfa-enrolment-required` carry
     an `mfa_token` for the second step; 429 with Retry-After after repeated failures."""
     pair = await login(platform, body.email, body.password, body.tenant, audit_context(request))
-    return _tokens(response, pair.as_dict())
+    return _issue(response, platform, pair, body.cookie)
 
 
 @router.post(f"{API}/auth/mfa", dependencies=[public()])
@@ -118,7 +138,7 @@ async def mfa_route(
 ) -> dict[str, Any]:
     """Second step of a sign-in: the TOTP code for the `mfa_token` the login returned."""
     pair = await complete_mfa(platform, body.mfa_token, body.code, audit_context(request))
-    return _tokens(response, pair.as_dict())
+    return _issue(response, platform, pair, body.cookie)
 
 
 async def _optional_principal(request: Request, mfa_token: str | None) -> Principal | None:
@@ -161,7 +181,7 @@ async def enrol_confirm_route(
     )
     if pair is None:
         return Response(status_code=204)
-    return _tokens(response, pair.as_dict())
+    return _issue(response, platform, pair, body.cookie)
 
 
 @router.post(f"{API}/auth/refresh", dependencies=[public()])
@@ -169,9 +189,16 @@ async def refresh_route(
     body: RefreshIn, request: Request, response: Response, platform: PlatformDep
 ) -> dict[str, Any]:
     """Exchange a refresh token for a new pair; the old refresh token is spent. Presenting a
-    spent one revokes the whole session."""
-    pair = await refresh(platform, body.refresh_token, audit_context(request))
-    return _tokens(response, pair.as_dict())
+    spent one revokes the whole session. Without `refresh_token`, the web session's cookie
+    is used (and renewed), with its CSRF token in `X-CSRF-Token`."""
+    token = body.refresh_token
+    if token is None:
+        token = request.cookies.get(REFRESH_COOKIE)
+        if not token:
+            raise Unauthenticated("send a refresh_token, or the web session's cookie")
+        check_csrf(request, platform.settings, await refresh_session_id(platform, token))
+    pair = await refresh(platform, token, audit_context(request))
+    return _issue(response, platform, pair, body.refresh_token is None)
 
 
 def _basic_credentials(request: Request) -> tuple[str, str] | None:
@@ -221,7 +248,8 @@ async def token_route(
 
 @router.post(f"{API}/auth/logout", dependencies=[authenticated()], status_code=204)
 async def logout_route(principal: Signed, request: Request, platform: PlatformDep) -> Response:
-    """End this session: its refresh tokens, and its access tokens on their next use."""
+    """End this session: its refresh tokens, and its access tokens on their next use (and
+    the web session's cookies)."""
     assert principal.user_id is not None
     await logout(
         platform,
@@ -230,7 +258,9 @@ async def logout_route(principal: Signed, request: Request, platform: PlatformDe
         audit_context(request),
         principal.tenant_uuid,
     )
-    return Response(status_code=204)
+    response = Response(status_code=204)
+    clear_session_cookies(response)
+    return response
 
 
 @router.post(f"{API}/auth/switch", dependencies=[authenticated()])

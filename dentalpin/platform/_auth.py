@@ -69,6 +69,8 @@ class TokenPair:
     refresh_token: str
     expires_in: int
     tenant: str | None = None
+    session_id: uuid.UUID | None = None
+    """The refresh-token family (`sid`): what a web session's CSRF token is bound to."""
 
     def as_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -257,7 +259,7 @@ async def _new_session(
         session_id=family,
         mfa=mfa,
     )
-    return TokenPair(access, refresh, ttl, membership.slug if membership else None)
+    return TokenPair(access, refresh, ttl, membership.slug if membership else None, family)
 
 
 async def _challenge(
@@ -275,6 +277,47 @@ async def _challenge(
         )
     )
     return token
+
+
+async def sign_in(
+    platform: Platform,
+    conn: AsyncConnection,
+    user: Any,
+    membership: Membership | None,
+    ctx: AuditContext,
+    *,
+    reseller_admin: bool,
+    **details: Any,
+) -> TokenPair | MfaRequired:
+    """The first factor checked out (a password, an OpenID provider): open the session, or
+    return the second-factor challenge the user owes first. Audited either way."""
+    actor = ctx.by(user.id, user.email)
+    tenant_id = membership.tenant_id if membership else None
+    need_mfa = (
+        user.totp_enabled_at is not None
+        or requires_mfa(
+            user.is_operator,
+            membership.roles if membership else frozenset(),
+            set(membership.permissions) if membership else set(),
+        )
+        or reseller_admin
+    )
+    if need_mfa:
+        enrol = user.totp_enabled_at is None
+        challenge = await _challenge(conn, user.id, membership, enrol)
+        await record(
+            conn,
+            actor,
+            "login.mfa_challenge",
+            tenant_id=tenant_id,
+            target=user.email,
+            enrol=enrol,
+            **details,
+        )
+        return MfaRequired(challenge, enrol)
+    pair = await _new_session(platform, conn, user.id, membership, mfa=False)
+    await record(conn, actor, "login.succeeded", tenant_id=tenant_id, target=user.email, **details)
+    return pair
 
 
 async def login(
@@ -307,39 +350,20 @@ async def login(
                     .where(users.c.id == row.id)
                     .values(password_hash=hash_password(password))
                 )
-            actor = ctx.by(row.id, row.email)
             reseller_admin = await is_reseller_admin(conn, row.id)
             membership = _choose(
                 await memberships_of(conn, row.id), tenant, row.is_operator or reseller_admin
             )
-            tenant_id = membership.tenant_id if membership else None
-            need_mfa = (
-                row.totp_enabled_at is not None
-                or requires_mfa(
-                    row.is_operator,
-                    membership.roles if membership else frozenset(),
-                    set(membership.permissions) if membership else set(),
-                )
-                or reseller_admin
+            outcome = await sign_in(
+                platform, conn, row, membership, ctx, reseller_admin=reseller_admin
             )
-            if need_mfa:
-                enrol = row.totp_enabled_at is None
-                challenge = await _challenge(conn, row.id, membership, enrol)
-                await record(
-                    conn,
-                    actor,
-                    "login.mfa_challenge",
-                    tenant_id=tenant_id,
-                    target=row.email,
-                    enrol=enrol,
-                )
-                failure = MfaRequired(challenge, enrol)
+            if isinstance(outcome, MfaRequired):
+                failure = outcome
             else:
                 # Cleared only when a session opens: a right password alone does not reset
                 # the counter that also limits guesses at the second factor.
                 await throttle_succeeded(conn, account_key(normalized))
-                pair = await _new_session(platform, conn, row.id, membership, mfa=False)
-                await record(conn, actor, "login.succeeded", tenant_id=tenant_id, target=row.email)
+                pair = outcome
     # Committed: the failure counters and audit entries stay even though we refuse.
     if failure is not None:
         raise failure

@@ -24,6 +24,7 @@ from ._errors import Forbidden, NotFound, Unauthenticated
 from ._module import TenantRef
 from ._runtime import Platform
 from ._tokens import AccessClaims, verify_access_token
+from ._websession import ACCESS_COOKIE, check_csrf
 
 
 @dataclass(frozen=True)
@@ -85,12 +86,20 @@ def bearer_token(request: Request) -> str | None:
 
 
 async def bearer_claims(request: Request) -> AccessClaims | None:
-    """The verified claims of the request's access token (None without one); 401 if bad."""
+    """The verified claims of the request's access token (None without one); 401 if bad.
+
+    The token comes from `Authorization: Bearer`, else from the web session's cookie (then
+    an unsafe method needs the session's CSRF token too: 403 `csrf-failed`)."""
     if hasattr(request.state, "token_claims"):
         cached: AccessClaims | None = request.state.token_claims
         return cached
     token = bearer_token(request)
+    from_cookie = token is None and bool(request.cookies.get(ACCESS_COOKIE))
+    if from_cookie:
+        token = request.cookies[ACCESS_COOKIE]
     claims = None if token is None else await verify_access_token(get_platform(request), token)
+    if from_cookie and claims is not None:
+        check_csrf(request, get_platform(request).settings, claims.session_id)
     request.state.token_claims = claims
     return claims
 

@@ -44,6 +44,8 @@ RESERVED_NAMES = frozenset(
         "operators",
         "approvals",
         "plans",
+        "sso",
+        "domains",
     }
 )
 """Names that would collide with platform routes, schemas or tables."""

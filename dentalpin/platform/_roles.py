@@ -27,10 +27,18 @@ PLATFORM_PERMISSIONS: dict[str, str] = {
     "platform.role.manage": "Create, change and delete the clinic's custom roles",
     "platform.audit.read": "Read the clinic's audit log",
     "platform.approval.manage": "Approve or reject a reseller's destructive operations",
+    "platform.sso.manage": "Configure the clinic's single sign-on providers",
+    "platform.domain.manage": "Add, verify and remove the clinic's custom domains",
 }
 """Not a module's: granted to `admin`, and assignable to custom roles like any other."""
 MFA_PERMISSIONS = frozenset(
-    {"platform.member.manage", "platform.role.manage", "platform.approval.manage"}
+    {
+        "platform.member.manage",
+        "platform.role.manage",
+        "platform.approval.manage",
+        "platform.sso.manage",
+        "platform.domain.manage",
+    }
 )
 """Holding any of these makes a member a tenant admin: a second factor is mandatory."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -112,12 +113,36 @@ class Settings(BaseSettings):
     signing_key_cache_s: float = 30.0
     """How long a process trusts its copy of the signing keys before reading them again."""
 
+    cors_origins: list[str] = Field(default_factory=list)
+    """Origins (`https://app.example.es`) whose browser scripts may call the API
+    (`DENTALPIN_CORS_ORIGINS`, a JSON list). Empty: none, same-origin only."""
+    hsts_max_age_s: int = Field(default=63_072_000, ge=0)
+    """`Strict-Transport-Security` max-age sent on HTTPS responses (0: no header)."""
+    sso_http_timeout_s: float = Field(default=10.0, gt=0)
+    """Timeout of each call to an OpenID provider (discovery, JWKS, token endpoint)."""
+    sso_discovery_cache_s: float = Field(default=3600.0, ge=0)
+    """How long a process trusts a provider's discovery document and JWKS."""
+    dns_nameservers: list[str] = Field(default_factory=list)
+    """Nameservers (`1.1.1.1`, `127.0.0.1:5353`) that check custom domains' TXT records
+    (`DENTALPIN_DNS_NAMESERVERS`, a JSON list). Empty: the system's resolver."""
+    dns_timeout_s: float = Field(default=5.0, gt=0)
+
     @field_validator("role_prefix")
     @classmethod
     def _check_prefix(cls, value: str) -> str:
         if not value.replace("_", "").isalnum() or not value.islower() or len(value) > 20:
             raise ValueError("role_prefix must be lower-case letters, digits and '_'")
         return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, value: list[str]) -> list[str]:
+        # An origin is scheme://host[:port]: no path, no wildcard (credentials are allowed).
+        for origin in value:
+            url = urlsplit(origin)
+            if url.scheme not in ("https", "http") or not url.netloc or url.path or "*" in origin:
+                raise ValueError(f"{origin!r} is not an origin such as https://app.example.es")
+        return [origin.lower() for origin in value]
 
     @property
     def archive_dir(self) -> Path:

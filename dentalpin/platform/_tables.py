@@ -74,18 +74,23 @@ tenants = Table(
 domains = Table(
     "domains",
     metadata,
+    # Several clinics may claim a host name (revision 0007_sso_domains): a claim alone must
+    # not let a squatter block its owner; only one claim can be verified (the index).
     Column("hostname", Text, primary_key=True),
     Column(
         "tenant_id",
         UUID(as_uuid=True),
         ForeignKey("tenants.id", ondelete="CASCADE"),
-        nullable=False,
+        primary_key=True,
     ),
     Column("verified", Boolean, nullable=False, server_default=text("false")),
     Column("verification_token", Text, nullable=False),
     _now(),
     Column("verified_at", DateTime(timezone=True)),
     CheckConstraint("hostname = lower(hostname)", name="hostname_lower"),
+    Index(
+        "uq_domains_verified_hostname", "hostname", unique=True, postgresql_where=text("verified")
+    ),
 )
 
 modules = Table(
@@ -486,4 +491,49 @@ approval_requests = Table(
     _states("state", APPROVAL_STATES),
     CheckConstraint("kind in ('lifecycle.uninstall', 'tenant.archive')", name="kind_valid"),
     Index("ix_approval_requests_tenant_id_state", "tenant_id", "state"),
+)
+
+
+# Single sign-on (revision 0007_sso_domains) ---------------------------------------------
+
+oidc_providers = Table(
+    "oidc_providers",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column(
+        "tenant_id",
+        UUID(as_uuid=True),
+        ForeignKey("tenants.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("name", Text, nullable=False),
+    Column("issuer", Text, nullable=False),
+    Column("client_id", Text, nullable=False),
+    # Fernet token of the client secret (key derived from DENTALPIN_SECRET_KEY).
+    Column("client_secret", Text, nullable=False),
+    # Lower-case e-mail domains a sign-in must come from (a restriction, never an identity).
+    Column("allowed_domains", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    Column("enabled", Boolean, nullable=False, server_default=text("true")),
+    _now(),
+    UniqueConstraint("tenant_id", "issuer", "client_id"),
+)
+
+oidc_identities = Table(
+    "oidc_identities",
+    metadata,
+    # An external identity is (issuer, subject), never an e-mail address.
+    Column("issuer", Text, primary_key=True),
+    Column("subject", Text, primary_key=True),
+    Column(
+        "user_id",
+        UUID(as_uuid=True),
+        ForeignKey("users.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("provider_id", UUID(as_uuid=True), ForeignKey("oidc_providers.id", ondelete="SET NULL")),
+    Column("email", Text),
+    _now(),
+    Column("last_login_at", DateTime(timezone=True)),
 )

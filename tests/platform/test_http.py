@@ -26,7 +26,7 @@ RECALL_STATUS = f"{API_PREFIX}/recall/status"
 RECALL_REMINDERS = f"{API_PREFIX}/recall/reminders"
 PROBE = f"{API_PREFIX}/probe"
 PLATFORM_API = {
-    *("auth", "me", "members", "roles", "audit", "approvals"),
+    *("auth", "me", "members", "roles", "audit", "approvals", "sso", "domains", "events"),
     *("tenants", "jobs", "resellers", "plans", "users", "clients"),
 }
 """The platform's own API (dentalpin/api), next to the module routes."""

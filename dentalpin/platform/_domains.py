@@ -1,0 +1,198 @@
+"""Custom domains: a clinic claims a host name, proves it controls its DNS with a TXT
+record `_dentalpin.<domain>` holding the claim's token, and only then is the host routed
+to it (`app.resolve_tenant` reads verified claims only).
+
+Several clinics may claim the same name (a claim alone must not let a squatter block the
+owner); each claim has its own token, so only the one whose token the DNS publishes can
+be verified, and a unique index allows one verified claim per name.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import secrets
+import uuid
+from typing import Any
+
+import dns.asyncresolver
+import dns.exception
+import dns.nameserver
+import dns.resolver
+from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ._audit import AuditContext, record
+from ._errors import Conflict, InvalidInput, NotFound, Unavailable
+from ._runtime import Platform
+from ._settings import Settings
+from ._tables import domains
+
+TXT_PREFIX = "_dentalpin."
+TOKEN_PREFIX = "dentalpin-verification="  # noqa: S105 - a record's prefix, not a secret
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+class NotVerified(Conflict):
+    problem = "domain-not-verified"
+
+
+def validate_hostname(settings: Settings, hostname: str) -> str:
+    """A DNS name of two labels or more, not an address, not under the platform's domain."""
+    name = hostname.strip().lower().rstrip(".")
+    try:
+        ipaddress.ip_address(name)
+        is_address = True
+    except ValueError:
+        is_address = False
+    labels = name.split(".")
+    if (
+        is_address
+        or len(name) > 253
+        or len(labels) < 2
+        or not all(_LABEL.match(label) for label in labels)
+        or labels[-1].isdigit()
+    ):
+        raise InvalidInput(f"'{hostname[:80]}' is not a host name such as clinica.example.es")
+    base = settings.base_domain.lower().rstrip(".")
+    if name == base or name.endswith("." + base) or name == "localhost":
+        raise InvalidInput(
+            f"host names under {base} are the platform's own; claim a domain of your clinic"
+        )
+    return name
+
+
+def txt_name(hostname: str) -> str:
+    return TXT_PREFIX + hostname
+
+
+def _public(row: Any) -> dict[str, Any]:
+    return {
+        "hostname": row.hostname,
+        "verified": row.verified,
+        "verified_at": row.verified_at.isoformat() if row.verified_at else None,
+        "txt_record": {
+            "name": txt_name(row.hostname),
+            "type": "TXT",
+            "value": row.verification_token,
+        },
+    }
+
+
+async def add_domain(
+    conn: AsyncConnection,
+    settings: Settings,
+    tenant_id: uuid.UUID,
+    hostname: str,
+    ctx: AuditContext,
+) -> dict[str, Any]:
+    """Claim a host name; the answer says which TXT record proves it."""
+    name = validate_hostname(settings, hostname)
+    taken = await conn.scalar(
+        select(domains.c.tenant_id).where(domains.c.hostname == name, domains.c.verified)
+    )
+    if taken is not None and taken != tenant_id:
+        raise Conflict(f"{name} is verified for another clinic; it must be removed there first")
+    try:
+        async with conn.begin_nested():
+            row = (
+                await conn.execute(
+                    insert(domains)
+                    .values(
+                        hostname=name,
+                        tenant_id=tenant_id,
+                        verification_token=TOKEN_PREFIX + secrets.token_urlsafe(24),
+                    )
+                    .returning(domains)
+                )
+            ).one()
+    except IntegrityError:
+        raise Conflict(f"this clinic already claimed {name}; verify it") from None
+    await record(conn, ctx, "domain.added", tenant_id=tenant_id, target=name)
+    return _public(row)
+
+
+async def list_domains(conn: AsyncConnection, tenant_id: uuid.UUID) -> list[dict[str, Any]]:
+    rows = await conn.execute(
+        select(domains).where(domains.c.tenant_id == tenant_id).order_by(domains.c.hostname)
+    )
+    return [_public(r) for r in rows]
+
+
+def _claim(tenant_id: uuid.UUID, name: str) -> Any:
+    return and_(domains.c.tenant_id == tenant_id, domains.c.hostname == name)
+
+
+async def remove_domain(
+    conn: AsyncConnection, tenant_id: uuid.UUID, hostname: str, ctx: AuditContext
+) -> None:
+    name = hostname.strip().lower().rstrip(".")
+    removed = await conn.scalar(
+        delete(domains).where(_claim(tenant_id, name)).returning(domains.c.hostname)
+    )
+    if removed is None:
+        raise NotFound(f"this clinic has no claim on {name[:80]}")
+    await record(conn, ctx, "domain.removed", tenant_id=tenant_id, target=name)
+
+
+async def verify_domain(
+    platform: Platform, tenant_id: uuid.UUID, hostname: str, ctx: AuditContext
+) -> dict[str, Any]:
+    """Look the TXT record up now; if it holds the claim's token, route the host here."""
+    name = hostname.strip().lower().rstrip(".")
+    async with platform.db.engine.connect() as conn:
+        row = (await conn.execute(select(domains).where(_claim(tenant_id, name)))).first()
+    if row is None:
+        raise NotFound(f"this clinic has no claim on {name[:80]}; add it first")
+    if row.verified:
+        return _public(row)
+    found = await txt_values(platform.settings, txt_name(name))
+    if row.verification_token not in found:
+        raise NotVerified(
+            f"no TXT record {txt_name(name)} with value {row.verification_token} was found "
+            f"(found {len(found)} other value(s)); publish it, wait for DNS, and verify again"
+        )
+    try:
+        async with platform.db.engine.begin() as conn:
+            updated = (
+                await conn.execute(
+                    update(domains)
+                    .where(_claim(tenant_id, name))
+                    .values(verified=True, verified_at=func.now())
+                    .returning(domains)
+                )
+            ).one()
+            await record(conn, ctx, "domain.verified", tenant_id=tenant_id, target=name)
+    except IntegrityError:
+        raise Conflict(
+            f"{name} is verified for another clinic; it must be removed there first"
+        ) from None
+    return _public(updated)
+
+
+def _resolver(settings: Settings) -> dns.asyncresolver.Resolver:
+    """The system's resolver, or the configured nameservers (`host` or `host:port`)."""
+    if not settings.dns_nameservers:
+        resolver = dns.asyncresolver.Resolver()
+    else:
+        resolver = dns.asyncresolver.Resolver(configure=False)
+        servers: list[str | dns.nameserver.Nameserver] = []
+        for entry in settings.dns_nameservers:
+            host, _, port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
+            servers.append(dns.nameserver.Do53Nameserver(host or entry, int(port or 53)))
+        resolver.nameservers = servers
+    resolver.lifetime = settings.dns_timeout_s
+    # Never a cached answer: an admin verifies right after publishing the record.
+    resolver.cache = None
+    return resolver
+
+
+async def txt_values(settings: Settings, name: str) -> list[str]:
+    try:
+        answer = await _resolver(settings).resolve(name, "TXT", search=False)
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        return []
+    except dns.exception.DNSException as exc:
+        raise Unavailable(f"DNS could not be asked about {name}; retry shortly") from exc
+    return [b"".join(record.strings).decode(errors="replace") for record in answer]

@@ -1,0 +1,296 @@
+"""Custom domains verified by a DNS TXT record, asked of a real local nameserver (dnslib):
+not routed until verified, claims of other clinics, hostile names, the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import secrets
+import socket
+from pathlib import Path
+
+import httpx
+import pytest
+from dnslib import QTYPE, RR, TXT
+from dnslib.server import BaseResolver, DNSServer
+
+from dentalpin.app import create_app
+from dentalpin.tenants import create_tenant
+from tests.conftest import unique_slug
+from tests.platform.identity import add_member, bearer, host_of, make_user, random_ip, session
+from tests.test_cli import Cli
+
+DOMAINS = "/api/v1/domains"
+STATUS = "/api/v1/recall/status"
+
+
+class Zone(BaseResolver):
+    """Answers TXT questions from `records` (name -> values); NXDOMAIN for anything else."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, list[str]] = {}
+        self.questions: list[str] = []
+
+    def resolve(self, request, handler):
+        reply = request.reply()
+        name = str(request.q.qname).rstrip(".").lower()
+        self.questions.append(name)
+        values = self.records.get(name)
+        if values is None:
+            reply.header.rcode = 3  # NXDOMAIN
+        elif request.q.qtype == QTYPE.TXT:
+            for value in values:
+                reply.add_answer(RR(request.q.qname, QTYPE.TXT, rdata=TXT(value), ttl=60))
+        return reply
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def dns_zone():
+    zone = Zone()
+    port = free_udp_port()
+    server = DNSServer(zone, port=port, address="127.0.0.1")
+    server.start_thread()
+    zone.nameserver = f"127.0.0.1:{port}"
+    yield zone
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def dns_platform(platform, dns_zone):
+    """The shared platform, asking the test's nameserver."""
+    settings = platform.settings.model_copy(
+        update={"dns_nameservers": [dns_zone.nameserver], "dns_timeout_s": 2.0}
+    )
+    return dataclasses.replace(platform, settings=settings)
+
+
+def http(platform, host: str = "localhost") -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(
+        app=create_app(platform), raise_app_exceptions=False, client=(random_ip(), 4321)
+    )
+    return httpx.AsyncClient(transport=transport, base_url=f"https://{host}")
+
+
+async def clinic_with_admin(platform, prefix: str):
+    tenant = await create_tenant(platform, unique_slug(prefix), modules=["recall"])
+    admin = await make_user(platform)
+    await add_member(platform, tenant, admin, ["admin"])
+    return tenant, bearer(await session(platform, admin, tenant))
+
+
+def domain() -> str:
+    return f"clinica-{secrets.token_hex(3)}.example.es"
+
+
+def assert_problem(response: httpx.Response, status: int, kind: str | None = None) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    if kind:
+        assert response.json()["type"].endswith("/" + kind), response.text
+
+
+async def test_a_domain_serves_its_clinic_only_once_its_txt_record_is_verified(
+    dns_platform, dns_zone
+):
+    tenant, admin = await clinic_with_admin(dns_platform, "dom")
+    name = domain()
+    async with http(dns_platform, host_of(tenant)) as api:
+        added = await api.post(DOMAINS, json={"hostname": name.upper() + "."}, headers=admin)
+        assert added.status_code == 201, added.text
+        body = added.json()
+        assert body["hostname"] == name and body["verified"] is False
+        record = body["txt_record"]
+        assert record["name"] == f"_dentalpin.{name}" and record["type"] == "TXT"
+        async with http(dns_platform, name) as on_domain:
+            assert_problem(await on_domain.get(STATUS), 404)  # claimed, not verified
+
+        # Nothing published yet; then a wrong value.
+        missing = await api.post(f"{DOMAINS}/{name}/verify", headers=admin)
+        assert_problem(missing, 409, "domain-not-verified")
+        assert record["value"] in missing.json()["detail"]
+        dns_zone.records[record["name"]] = ["dentalpin-verification=not-it", "v=spf1 -all"]
+        assert_problem(await api.post(f"{DOMAINS}/{name}/verify", headers=admin), 409)
+        async with http(dns_platform, name) as on_domain:
+            assert_problem(await on_domain.get(STATUS), 404)
+
+        dns_zone.records[record["name"]].append(record["value"])
+        verified = await api.post(f"{DOMAINS}/{name}/verify", headers=admin)
+        assert verified.status_code == 200, verified.text
+        assert verified.json()["verified"] is True and verified.json()["verified_at"]
+        assert f"_dentalpin.{name}" in dns_zone.questions
+        async with http(dns_platform, name) as on_domain:
+            served = await on_domain.get(STATUS)
+        assert served.status_code == 200, served.text
+        assert served.json()["tenant"] == tenant.slug
+
+        listed = await api.get(DOMAINS, headers=admin)
+        assert [d["hostname"] for d in listed.json()] == [name]
+        removed = await api.delete(f"{DOMAINS}/{name}", headers=admin)
+        assert removed.status_code == 204
+    async with http(dns_platform, name) as on_domain:
+        assert_problem(await on_domain.get(STATUS), 404)
+
+
+async def test_another_clinic_can_claim_but_only_the_dns_owner_verifies(dns_platform, dns_zone):
+    owner, owner_admin = await clinic_with_admin(dns_platform, "dom-own")
+    squatter, squatter_admin = await clinic_with_admin(dns_platform, "dom-sq")
+    name = domain()
+    async with http(dns_platform) as api:
+        # The squatter claims first: that does not block the owner.
+        first = await api.post(DOMAINS, json={"hostname": name}, headers=squatter_admin)
+        second = await api.post(DOMAINS, json={"hostname": name}, headers=owner_admin)
+        assert first.status_code == second.status_code == 201
+        tokens = first.json()["txt_record"]["value"], second.json()["txt_record"]["value"]
+        assert tokens[0] != tokens[1]
+        dns_zone.records[f"_dentalpin.{name}"] = [tokens[1]]  # the owner's DNS
+        assert_problem(await api.post(f"{DOMAINS}/{name}/verify", headers=squatter_admin), 409)
+        ok = await api.post(f"{DOMAINS}/{name}/verify", headers=owner_admin)
+        assert ok.status_code == 200, ok.text
+        # Now even the right token cannot move it; and the squatter cannot add it again.
+        dns_zone.records[f"_dentalpin.{name}"] = list(tokens)
+        assert_problem(await api.post(f"{DOMAINS}/{name}/verify", headers=squatter_admin), 409)
+        assert_problem(
+            await api.post(DOMAINS, json={"hostname": name}, headers=squatter_admin), 409
+        )
+        # The squatter sees and removes only its own claim, never the owner's.
+        seen = await api.get(DOMAINS, headers=squatter_admin)
+        assert [d["verified"] for d in seen.json()] == [False]
+        assert tokens[1] not in seen.text
+        assert (await api.delete(f"{DOMAINS}/{name}", headers=squatter_admin)).status_code == 204
+        assert_problem(await api.delete(f"{DOMAINS}/{name}", headers=squatter_admin), 404)
+        # On the owner's clinic host, the squatter's token is refused outright.
+        async with http(dns_platform, host_of(owner)) as on_owner:
+            assert_problem(await on_owner.get(DOMAINS, headers=squatter_admin), 403)
+    async with http(dns_platform, name) as on_domain:
+        assert (await on_domain.get(STATUS)).json()["tenant"] == owner.slug
+    assert squatter.slug != owner.slug
+
+
+@pytest.mark.parametrize(
+    "hostname",
+    [
+        "localhost",
+        "example",
+        "x.localhost",
+        "127.0.0.1",
+        "exa mple.es",
+        "-bad.example.es",
+        "bad-.example.es",
+        "a..example.es",
+        "example.123",
+        "ünicode.example.es",
+        "x" * 64 + ".example.es",
+    ],
+)
+async def test_hostile_or_platform_host_names_are_refused(dns_platform, hostname):
+    _, admin = await clinic_with_admin(dns_platform, "dom-bad")
+    async with http(dns_platform) as api:
+        response = await api.post(DOMAINS, json={"hostname": hostname}, headers=admin)
+    assert_problem(response, 422)
+
+
+async def test_only_admins_manage_domains(dns_platform):
+    tenant, _ = await clinic_with_admin(dns_platform, "dom-perm")
+    user = await make_user(dns_platform)
+    await add_member(dns_platform, tenant, user, ["dentist"])
+    async with http(dns_platform) as api:
+        response = await api.post(
+            DOMAINS,
+            json={"hostname": domain()},
+            headers=bearer(await session(dns_platform, user, tenant)),
+        )
+    assert_problem(response, 403)
+
+
+async def test_an_unreachable_nameserver_is_a_503_not_a_failure(platform):
+    port = free_udp_port()  # nothing answers there
+    quiet = dataclasses.replace(
+        platform,
+        settings=platform.settings.model_copy(
+            update={"dns_nameservers": [f"127.0.0.1:{port}"], "dns_timeout_s": 0.5}
+        ),
+    )
+    _, admin = await clinic_with_admin(quiet, "dom-dns")
+    name = domain()
+    async with http(quiet) as api:
+        assert (await api.post(DOMAINS, json={"hostname": name}, headers=admin)).status_code == 201
+        response = await api.post(f"{DOMAINS}/{name}/verify", headers=admin)
+    assert_problem(response, 503)
+    assert "retry" in response.json()["detail"]
+
+
+async def test_the_cli_adds_verifies_lists_and_removes(dns_platform, dns_zone, tmp_path: Path):
+    tenant = await create_tenant(dns_platform, unique_slug("dom-cli"), modules=["recall"])
+    cli = Cli(dns_platform, tmp_path)
+    cli.env["DENTALPIN_DNS_NAMESERVERS"] = json.dumps([dns_zone.nameserver])
+    name = domain()
+    added = cli("domains", "add", tenant.slug, name, "--json").json()
+    assert added["txt_record"]["name"] == f"_dentalpin.{name}"
+    refused = cli("domains", "verify", tenant.slug, name, code=1)
+    assert "no TXT record" in refused.output
+    assert "Traceback" not in refused.output
+    dns_zone.records[f"_dentalpin.{name}"] = [added["txt_record"]["value"]]
+    assert "now serves" in cli("domains", "verify", tenant.slug, name).output
+    listed = cli("domains", "list", tenant.slug, "--json").json()
+    assert [(d["hostname"], d["verified"]) for d in listed] == [(name, True)]
+    cli("domains", "remove", tenant.slug, name)
+    assert cli("domains", "list", tenant.slug, "--json").json() == []
+    assert "not a host name" in cli("domains", "add", tenant.slug, "localhost", code=1).output
+    assert cli("domains", "remove", tenant.slug, name, code=1).code == 1
+
+
+async def test_revision_0007_downgrades_keeping_one_claim_per_name_and_upgrades_again(
+    fresh_platform,
+):
+    from alembic import command
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import text
+
+    from dentalpin.tenants import migrate_platform
+    from dentalpin.tenants._fleet import alembic_config, platform_head
+
+    platform = fresh_platform
+    a = await create_tenant(platform, unique_slug("dg-a"))
+    b = await create_tenant(platform, unique_slug("dg-b"))
+    name, other = domain(), domain()
+    async with platform.db.engine.begin() as conn:
+        for tenant, hostname, verified in ((a, name, False), (b, name, True), (a, other, False)):
+            await conn.execute(
+                text(
+                    "insert into platform.domains (hostname, tenant_id, verified, verification_token)"
+                    " values (:h, :t, :v, 'x')"
+                ),
+                {"h": hostname, "t": tenant.id, "v": verified},
+            )
+
+    def downgrade(conn):
+        config = alembic_config()
+        config.attributes["connection"] = conn
+        before = ScriptDirectory.from_config(config).get_revision("0007_sso_domains")
+        command.downgrade(config, before.down_revision)
+
+    async with platform.db.engine.connect() as conn:
+        await conn.run_sync(downgrade)
+        await conn.commit()
+        kept = (
+            await conn.execute(
+                text("select hostname, tenant_id from platform.domains order by hostname")
+            )
+        ).all()
+        tables = set(
+            (
+                await conn.execute(
+                    text("select tablename from pg_tables where schemaname = 'platform'")
+                )
+            ).scalars()
+        )
+    # The verified claim wins; the name only one clinic claimed stays.
+    assert sorted(kept) == sorted([(name, b.id), (other, a.id)])
+    assert not {"oidc_providers", "oidc_identities"} & tables
+    assert await migrate_platform(platform) == platform_head()
