@@ -65,15 +65,19 @@ def new_opaque_token(prefix: str) -> str:
     return f"{prefix}_{secrets.token_urlsafe(32)}"
 
 
-def fernet(settings: Settings, purpose: str) -> Fernet:
-    """A Fernet key for one purpose, derived (HKDF-SHA256) from DENTALPIN_SECRET_KEY."""
+def derived_key(settings: Settings, purpose: str) -> bytes:
+    """32 bytes for one purpose, derived (HKDF-SHA256) from DENTALPIN_SECRET_KEY."""
     secret = settings.secret_key.get_secret_value()
     if settings.environment == "production" and (secret == DEV_SECRET or len(secret) < 32):
         raise SecretKeyMissing(
             "DENTALPIN_SECRET_KEY is unset or too short (32+ characters) in production; "
             "set it to a long random value"
         )
-    key = HKDF(
+    return HKDF(
         algorithm=hashes.SHA256(), length=32, salt=None, info=f"dentalpin:{purpose}".encode()
     ).derive(secret.encode())
-    return Fernet(base64.urlsafe_b64encode(key))
+
+
+def fernet(settings: Settings, purpose: str) -> Fernet:
+    """A Fernet key for one purpose, derived from DENTALPIN_SECRET_KEY."""
+    return Fernet(base64.urlsafe_b64encode(derived_key(settings, purpose)))

@@ -83,6 +83,27 @@ class Settings(BaseSettings):
     signing_key_cache_s: float = 30.0
     """How long a process trusts its copy of the signing keys before reading them again."""
 
+    public_url: str = "http://localhost:8000"
+    """Where people reach the platform (scheme, `base_domain`, port): links in e-mails. A
+    clinic's links put its slug before the host (https://<slug>.dentalpin.example)."""
+    smtp_host: str | None = None
+    """Unset (development): each message is written as an .eml file to `<data dir>/mail`."""
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_security: Literal["starttls", "tls", "none"] = "starttls"
+    """`starttls` (usually port 587), `tls` (implicit TLS, usually 465), `none` (a relay on
+    the same host or network only: credentials and mail go in clear)."""
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_ca_file: Path | None = None
+    """CA bundle that verifies the SMTP server's certificate (default: the system's)."""
+    smtp_timeout_s: float = Field(default=30.0, gt=0)
+    mail_from: str = "DentalPin <no-reply@localhost>"
+    invitation_ttl_s: int = Field(default=7 * 24 * 3600, ge=300, le=60 * 24 * 3600)
+    password_reset_ttl_s: int = Field(default=1800, ge=300, le=24 * 3600)
+    email_verification_ttl_s: int = Field(default=3 * 24 * 3600, ge=300, le=30 * 24 * 3600)
+    support_grant_max_s: int = Field(default=7 * 24 * 3600, ge=3600, le=30 * 24 * 3600)
+    """The longest support grant a clinic admin may give (each grant names its expiry)."""
+
     @field_validator("role_prefix")
     @classmethod
     def _check_prefix(cls, value: str) -> str:
@@ -93,6 +114,11 @@ class Settings(BaseSettings):
     @property
     def archive_dir(self) -> Path:
         return self.data_dir / "archives"
+
+    @property
+    def mail_dir(self) -> Path:
+        """Where messages go when no SMTP host is configured (development)."""
+        return self.data_dir / "mail"
 
     def sqlalchemy_url(self) -> URL:
         """The database URL with the asyncpg driver, whatever scheme was configured."""

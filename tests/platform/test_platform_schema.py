@@ -33,7 +33,7 @@ async def test_migrations_match_the_table_definitions(fresh_platform):
 
 
 async def test_migrate_is_idempotent_and_creates_the_shared_extensions(fresh_platform):
-    assert await migrate_platform(fresh_platform) == "0003_spare_schemas"
+    assert await migrate_platform(fresh_platform) == "0006_invitations"
     async with fresh_platform.db.engine.connect() as conn:
         extensions = set(
             (
