@@ -26,6 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
 from dentalpin import __version__
+from dentalpin.cli_access import register as register_access_commands
 from dentalpin.cli_identity import register as register_identity_commands
 from dentalpin.platform import PlatformError
 from dentalpin.platform._jobs import (
@@ -74,6 +75,7 @@ app.add_typer(modules_app, name="modules")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(archives_app, name="archives")
 register_identity_commands(app)
+register_access_commands(app)
 
 out = Console()
 # Errors stay on one line when piped (no wrapping at 80 columns), so logs and greps keep them whole.
@@ -222,7 +224,8 @@ def up(
         out.print(
             f"\n[bold]DentalPin is up.[/bold] Demo clinic: http://{demo}.{settings.base_domain}:"
             f"{port}/api/v1/  ·  health: http://127.0.0.1:{port}/readyz  ·  API docs: "
-            f"http://127.0.0.1:{port}/api/docs\nPress Ctrl-C to stop.\n"
+            f"http://127.0.0.1:{port}/api/docs\n{_mail_note(settings)}\n"
+            "Press Ctrl-C to stop.\n"
         )
         _supervise(
             {
@@ -232,6 +235,15 @@ def up(
             },
             env,
         )
+
+
+def _mail_note(settings: Any) -> str:
+    if settings.smtp_host:
+        return f"E-mail goes out through {settings.smtp_host}:{settings.smtp_port}."
+    return (
+        f"E-mail (invitations, password resets) is written to {settings.mail_dir.resolve()}/ "
+        "as .eml files (no DENTALPIN_SMTP_HOST set)."
+    )
 
 
 def _supervise(commands: dict[str, list[str]], env: dict[str, str]) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from .access import public_router as access_public_router
+from .access import router as access_router
 from .admin import router as admin_router
 from .auth import router as auth_router
 from .auth import wellknown_router
@@ -14,6 +16,8 @@ def include_routers(app: FastAPI) -> None:
     app.include_router(wellknown_router)
     app.include_router(auth_router)
     app.include_router(admin_router)
+    app.include_router(access_router)
+    app.include_router(access_public_router)
 
 
 __all__ = ["include_routers"]

@@ -19,16 +19,22 @@ BUILTIN_ROLES: dict[str, str] = {
     "assistant": "Dental assistant",
     "receptionist": "Front desk",
     "accountant": "Invoices, payments and reports",
+    "support": "Time-limited help by the platform or a reseller: the audit log, read-only",
 }
 ADMIN_ROLE = "admin"
+SUPPORT_ROLE = "support"
+"""The default role of a support grant: what modules grant it, and the audit log."""
 PLATFORM_PREFIX = "platform."
 PLATFORM_PERMISSIONS: dict[str, str] = {
     "platform.member.manage": "Add, change and remove the clinic's members",
     "platform.role.manage": "Create, change and delete the clinic's custom roles",
     "platform.audit.read": "Read the clinic's audit log",
+    "platform.support.manage": "Grant and revoke time-limited support access",
 }
 """Not a module's: granted to `admin`, and assignable to custom roles like any other."""
-MFA_PERMISSIONS = frozenset({"platform.member.manage", "platform.role.manage"})
+MFA_PERMISSIONS = frozenset(
+    {"platform.member.manage", "platform.role.manage", "platform.support.manage"}
+)
 """Holding any of these makes a member a tenant admin: a second factor is mandatory."""
 
 Conn = AsyncConnection | AsyncSession
@@ -47,6 +53,7 @@ def seeded_grants(registry: Registry, installed: list[str]) -> dict[str, set[str
     """What each system role holds, given the tenant's installed modules."""
     grants: dict[str, set[str]] = {role: set() for role in BUILTIN_ROLES}
     grants[ADMIN_ROLE] |= set(PLATFORM_PERMISSIONS)
+    grants[SUPPORT_ROLE].add("platform.audit.read")
     for name in installed:
         if name not in registry:
             continue  # a module no package provides any more grants nothing

@@ -100,9 +100,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("token_hash", name=op.f("uq_email_tokens_token_hash")),
         schema="platform",
     )
-    op.create_index(
-        op.f("ix_email_tokens_user_id"), "email_tokens", ["user_id"], schema="platform"
-    )
+    op.create_index(op.f("ix_email_tokens_user_id"), "email_tokens", ["user_id"], schema="platform")
     op.create_table(
         "support_grants",
         sa.Column("id", sa.UUID(), nullable=False),
