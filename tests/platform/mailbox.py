@@ -52,8 +52,8 @@ class Mailbox:
     def to(self, address: str) -> list[EmailMessage]:
         return [m for m in self.messages if m["To"] == address]
 
-    async def wait_for(self, address: str, count: int = 1, timeout: float = 10) -> EmailMessage:
-        deadline = time.monotonic() + timeout
+    async def wait_for(self, address: str, count: int = 1, within_s: float = 10) -> EmailMessage:
+        deadline = time.monotonic() + within_s
         while len(self.to(address)) < count:
             assert time.monotonic() < deadline, f"no message #{count} to {address}"
             await asyncio.sleep(0.05)
