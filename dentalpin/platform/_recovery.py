@@ -9,6 +9,7 @@ only for the address it was sent to; using it ends every session of the user.
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from sqlalchemy import func, insert, select, update
@@ -95,6 +96,8 @@ async def _spend(conn: AsyncConnection, settings: Settings, kind: Kind, token: s
         raise InvalidLink(f"this {WHAT[kind]} is not valid; ask for a new one")
     if row.used_at is not None:
         raise InvalidLink(f"this {WHAT[kind]} was already used (or a newer one was sent)")
+    if row.expires_at <= datetime.now(UTC):
+        raise InvalidLink(f"this {WHAT[kind]} has expired; ask for a new one")
     if row.email != row.current_email:
         raise InvalidLink(f"this {WHAT[kind]} was sent to an address the account no longer has")
     await conn.execute(
