@@ -11,8 +11,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, BackgroundTasks, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from dentalpin.api.auth import signed_user
 from dentalpin.platform import Principal, require_permission
-from dentalpin.platform._errors import Conflict, Forbidden, NotFound
+from dentalpin.platform._errors import Forbidden, NotFound
 from dentalpin.platform._http import authenticated, get_platform, get_principal, public
 from dentalpin.platform._invitations import (
     accept_invitation,
@@ -248,10 +249,11 @@ async def verify_email_route(
 @public_router.post(
     f"{API}/auth/verify-email/send", dependencies=[authenticated()], status_code=202
 )
-async def verify_email_send(principal: Signed, platform: PlatformDep) -> dict[str, str]:
+async def verify_email_send(
+    principal: Annotated[Principal, Depends(signed_user)], platform: PlatformDep
+) -> dict[str, str]:
     """Send the signed-in user a new verification link."""
-    if principal.user_id is None:
-        raise Conflict("integration clients have no e-mail address to verify")
+    assert principal.user_id is not None  # signed_user refuses integration clients
     async with platform.db.engine.begin() as conn:
         mail = await verification_mail(conn, platform.settings, principal.user_id)
     await send_quietly(platform.settings, mail)
