@@ -42,6 +42,8 @@ RESERVED_NAMES = frozenset(
         "clients",
         "resellers",
         "operators",
+        "invitations",
+        "support",
     }
 )
 """Names that would collide with platform routes, schemas or tables."""

@@ -25,7 +25,7 @@ PEOPLE = f"{API_PREFIX}/fx_people/people"
 RECALL_STATUS = f"{API_PREFIX}/recall/status"
 RECALL_REMINDERS = f"{API_PREFIX}/recall/reminders"
 PROBE = f"{API_PREFIX}/probe"
-PLATFORM_API = {"auth", "me", "members", "roles", "audit"}
+PLATFORM_API = {"auth", "me", "members", "roles", "audit", "invitations", "support-grants"}
 """The platform's own API (dentalpin/api), next to the module routes."""
 
 
