@@ -60,14 +60,11 @@ def _as_dict(row: Any, now: datetime) -> dict[str, Any]:
     }
 
 
-async def _clinic(conn: AsyncConnection, tenant_id: uuid.UUID) -> Any:
-    row = (
-        await conn.execute(
-            select(tenants.c.slug, tenants.c.name).where(
-                tenants.c.id == tenant_id, tenants.c.status == "active"
-            )
-        )
-    ).first()
+async def _clinic(conn: AsyncConnection, tenant_id: uuid.UUID, lock: bool = False) -> Any:
+    query = select(tenants.c.slug, tenants.c.name).where(
+        tenants.c.id == tenant_id, tenants.c.status == "active"
+    )
+    row = (await conn.execute(query.with_for_update() if lock else query)).first()
     if row is None:
         raise NotFound("this clinic is not active")
     return row
@@ -96,7 +93,8 @@ async def invite(
         raise InvalidInput(f"this clinic has no role {', '.join(map(repr, unknown))}")
     locations = _check_locations(location_ids)
     await _check_grantor(conn, tenant_id, grantor, wanted, set())
-    clinic = await _clinic(conn, tenant_id)
+    # Serialised per clinic: one pending invitation per address (revoke, then insert).
+    clinic = await _clinic(conn, tenant_id, lock=True)
     existing = await find_user(conn, email)
     if existing is not None and await member_roles(conn, tenant_id, existing.id) is not None:
         raise Conflict(

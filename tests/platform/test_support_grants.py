@@ -92,6 +92,8 @@ async def test_an_operator_helps_read_only_and_every_access_is_audited(platform,
     async with client(platform, host_of(tenant)) as http:
         me = (await http.get("/api/v1/me", headers=helper)).json()
         assert me["roles"] == ["support"] and me["tenant"]["slug"] == tenant.slug
+        assert me["support_grant"] == created["id"]
+        assert me["memberships"] == [{"slug": tenant.slug, "support": True}]
         assert (await http.get(AUDIT, headers=helper)).status_code == 200
         assert (await http.get("/api/v1/members", headers=helper)).status_code == 403
         assert (await http.get(REMINDERS, headers=helper)).status_code == 403  # no patient data
