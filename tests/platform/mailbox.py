@@ -127,20 +127,27 @@ def smtp_server(
     *,
     login: tuple[str, str] | None = None,
     tls_dir: Path | None = None,
+    implicit_tls: bool = False,
 ) -> Iterator[Mailbox]:
-    """Start a real SMTP server and point the platform's settings at it (restored after)."""
+    """Start a real SMTP server and point the platform's settings at it (restored after).
+    With `tls_dir`: STARTTLS required, or TLS from the first byte (`implicit_tls`)."""
     box = Mailbox(free_port())
     kwargs: dict[str, Any] = {}
     if login is not None:
-        kwargs.update(authenticator=Users(box, *login), auth_require_tls=tls_dir is not None)
+        # aiosmtpd does not count implicit TLS as TLS for AUTH; the connection is TLS anyway.
+        require_tls = tls_dir is not None and not implicit_tls
+        kwargs.update(authenticator=Users(box, *login), auth_require_tls=require_tls)
     security = "none"
     if tls_dir is not None:
         cert, key = self_signed(tls_dir)
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(cert, key)
-        kwargs.update(tls_context=context, require_starttls=True)
+        if implicit_tls:
+            kwargs.update(ssl_context=context)
+        else:
+            kwargs.update(tls_context=context, require_starttls=True)
         monkeypatch.setattr(platform.settings, "smtp_ca_file", cert)
-        security = "starttls"
+        security = "tls" if implicit_tls else "starttls"
     controller = Controller(box, hostname="127.0.0.1", port=box.port, **kwargs)
     controller.start()
     monkeypatch.setattr(platform.settings, "smtp_host", "127.0.0.1")

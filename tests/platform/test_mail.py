@@ -56,6 +56,28 @@ async def test_login_over_starttls_with_the_configured_ca(platform, monkeypatch,
     assert len(box.messages) == 1
 
 
+async def test_implicit_tls(platform, monkeypatch, tmp_path):
+    with smtp_server(
+        platform, monkeypatch, login=("mailer", "s3cret"), tls_dir=tmp_path, implicit_tls=True
+    ) as box:
+        assert platform.settings.smtp_security == "tls"
+        await send(platform.settings, sample())
+        monkeypatch.setattr(platform.settings, "smtp_security", "starttls")  # wrong mode:
+        monkeypatch.setattr(platform.settings, "smtp_timeout_s", 1.0)  # no plain greeting comes
+        with pytest.raises(MailNotSent):
+            await send(platform.settings, sample())
+    assert box.logins == [("mailer", "s3cret")] and len(box.messages) == 1
+
+
+def test_up_says_where_mail_goes(platform, monkeypatch):
+    from dentalpin.cli import _mail_note
+
+    monkeypatch.setattr(platform.settings, "smtp_host", None)
+    assert str(platform.settings.mail_dir.resolve()) in _mail_note(platform.settings)
+    monkeypatch.setattr(platform.settings, "smtp_host", "smtp.example.com")
+    assert "smtp.example.com:" in _mail_note(platform.settings)
+
+
 async def test_a_wrong_password_or_no_server_is_a_503_that_names_the_settings(
     platform, monkeypatch
 ):
