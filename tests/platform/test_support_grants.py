@@ -21,6 +21,7 @@ from tests.platform.identity import (
     add_member,
     bearer,
     client,
+    code,
     host_of,
     make_user,
     session,
@@ -132,6 +133,39 @@ async def test_a_support_sign_in_asks_for_the_second_factor(platform, clinic):
             },
         )
     assert login.status_code == 401 and login.json()["type"].endswith("mfa-enrolment-required")
+
+
+async def test_support_is_entered_by_naming_the_clinic_with_a_second_factor(platform, clinic):
+    tenant, admin = clinic
+    helper = await reseller_admin(platform)
+    await grant(platform, tenant, admin, helper.email)
+    credentials = {"email": helper.email, "password": "correct horse battery staple"}
+    async with client(platform) as http:
+        challenge = await http.post("/api/v1/auth/login", json=credentials)
+        enrol_token = challenge.json()["mfa_token"]
+        secret = (
+            await http.post("/api/v1/auth/mfa/enrol", json={"mfa_token": enrol_token})
+        ).json()["secret"]
+        platform_session = await http.post(
+            "/api/v1/auth/mfa/enrol/confirm",
+            json={"mfa_token": enrol_token, "code": code(secret)},
+        )
+        assert platform_session.status_code == 200, platform_session.text
+        assert "tenant" not in platform_session.json()  # not into the clinic by default
+        challenge = await http.post(
+            "/api/v1/auth/login", json={**credentials, "tenant": tenant.slug}
+        )
+        assert challenge.json()["type"].endswith("/mfa-required")
+        tokens = await http.post(
+            "/api/v1/auth/mfa",
+            json={"mfa_token": challenge.json()["mfa_token"], "code": code(secret, 1)},
+        )
+        assert tokens.status_code == 200, tokens.text
+        assert tokens.json()["tenant"] == tenant.slug
+        helper_token = bearer(tokens.json()["access_token"])
+        audit = await http.get(AUDIT, headers={**helper_token, "host": host_of(tenant)})
+        assert audit.status_code == 200
+        assert any(e["action"] == "support.granted" for e in audit.json())
 
 
 async def test_revoking_ends_access_at_once(platform, clinic):
