@@ -40,7 +40,7 @@ from dentalpin.platform._jobs import (
     reap_jobs,
 )
 from dentalpin.platform._runtime import Platform
-from dentalpin.platform._settings import get_settings
+from dentalpin.platform._settings import Settings, get_settings
 from dentalpin.platform._tables import tenants as tenants_table
 from dentalpin.tenants import (
     TenantRecord,
@@ -237,7 +237,7 @@ def up(
         )
 
 
-def _mail_note(settings: Any) -> str:
+def _mail_note(settings: Settings) -> str:
     if settings.smtp_host:
         return f"E-mail goes out through {settings.smtp_host}:{settings.smtp_port}."
     return (
