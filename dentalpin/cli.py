@@ -25,6 +25,7 @@ from rich.text import Text
 from sqlalchemy.exc import DBAPIError
 
 from dentalpin import __version__
+from dentalpin.cli_access import register as register_access_commands
 from dentalpin.cli_domains import register as register_domain_commands
 from dentalpin.cli_events import register as register_event_commands
 from dentalpin.cli_identity import register as register_identity_commands
@@ -40,7 +41,7 @@ from dentalpin.platform._jobs import (
     reap_jobs,
 )
 from dentalpin.platform._runtime import Platform
-from dentalpin.platform._settings import get_settings
+from dentalpin.platform._settings import Settings, get_settings
 from dentalpin.tenants import (
     TenantRecord,
     all_tenants,
@@ -76,6 +77,7 @@ app.add_typer(archives_app, name="archives")
 register_identity_commands(app)
 register_event_commands(app)
 register_domain_commands(app)
+register_access_commands(app)
 
 out = Console()
 # Errors stay on one line when piped (no wrapping at 80 columns), so logs and greps keep them whole.
@@ -224,7 +226,8 @@ def up(
         out.print(
             f"\n[bold]DentalPin is up.[/bold] Demo clinic: http://{demo}.{settings.base_domain}:"
             f"{port}/api/v1/  ·  health: http://127.0.0.1:{port}/readyz  ·  API docs: "
-            f"http://127.0.0.1:{port}/api/docs\nPress Ctrl-C to stop.\n"
+            f"http://127.0.0.1:{port}/api/docs\n{_mail_note(settings)}\n"
+            "Press Ctrl-C to stop.\n"
         )
         _supervise(
             {
@@ -234,6 +237,15 @@ def up(
             },
             env,
         )
+
+
+def _mail_note(settings: Settings) -> str:
+    if settings.smtp_host:
+        return f"E-mail goes out through {settings.smtp_host}:{settings.smtp_port}."
+    return (
+        f"E-mail (invitations, password resets) is written to {settings.mail_dir.resolve()}/ "
+        "as .eml files (no DENTALPIN_SMTP_HOST set)."
+    )
 
 
 def _supervise(commands: dict[str, list[str]], env: dict[str, str]) -> None:

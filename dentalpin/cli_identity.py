@@ -86,19 +86,29 @@ def users_create(
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Create a user (without --password-stdin it has no password and cannot sign in yet)."""
+    """Create a user (without --password-stdin it has no password and cannot sign in yet)
+    and e-mail them a link that verifies their address."""
     from dentalpin.cli import emit_json, out, run
+    from dentalpin.platform._mail import send_quietly
+    from dentalpin.platform._recovery import verification_mail
 
     password = _read_password() if password_stdin else None
 
     async def go(platform: Platform) -> None:
         async with platform.db.engine.begin() as conn:
             user = await create_user(conn, email, name, password, ctx=CLI)
+            mail = await verification_mail(conn, platform.settings, user.id)
+        sent = await send_quietly(platform.settings, mail)
         if as_json:
-            emit_json(user.as_dict())
+            emit_json({**user.as_dict(), "verification_sent": sent is not None})
         else:
             note = "" if password else " (no password: it cannot sign in yet)"
             out.print(f"created user {escape(user.email)} ({user.id}){note}")
+            out.print(
+                f"verification e-mail: {escape(sent)}"
+                if sent
+                else "[yellow]the verification e-mail could not be sent (see the log)[/yellow]"
+            )
 
     run(go)
 

@@ -22,6 +22,10 @@ def test_wheel_ships_the_platform_migrations_and_the_console_script(tmp_path):
     assert "dentalpin/platform/migrations/env.py" in names
     assert "dentalpin/platform/migrations/script.py.mako" in names
     assert "dentalpin/platform/migrations/versions/0001_platform.py" in names
+    for template in ("invitation", "password_reset", "email_verification", "support_granted"):
+        assert f"dentalpin/platform/templates/mail/{template}.txt" in names
+        assert f"dentalpin/platform/templates/mail/{template}.html" in names
+    assert "dentalpin/platform/templates/mail/_layout.html" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "dentalpin = dentalpin.cli:main" in text

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from .access import public_router as access_public_router
+from .access import router as access_router
 from .admin import router as admin_router
 from .approvals import router as approvals_router
 from .auth import router as auth_router
@@ -32,6 +34,8 @@ def include_routers(app: FastAPI) -> None:
         app.include_router(router)
     app.include_router(sso_router)
     app.include_router(domains_router)
+    app.include_router(access_router)
+    app.include_router(access_public_router)
 
 
 __all__ = ["include_routers"]

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from dentalpin.api.access import not_through_support
 from dentalpin.platform import Principal, require_permission
 from dentalpin.platform._audit import list_entries
 from dentalpin.platform._errors import NotFound
@@ -86,6 +87,7 @@ async def add_member(
     body: MemberIn, principal: Signed, request: Request, platform: PlatformDep
 ) -> dict[str, Any]:
     """Give an existing user a membership (or more roles) in this clinic."""
+    not_through_support(principal)
     tenant = _tenant(principal)
     async with platform.db.engine.begin() as conn:
         user = await get_user(conn, body.email)
@@ -111,6 +113,7 @@ async def change_member(
     request: Request,
     platform: PlatformDep,
 ) -> dict[str, Any]:
+    not_through_support(principal)
     tenant = _tenant(principal)
     async with platform.db.engine.begin() as conn:
         user = await user_by_id(conn, user_id)

@@ -319,7 +319,10 @@ async def me(
     tenant_id = principal.tenant_uuid
     async with platform.db.engine.connect() as conn:
         installed = await installed_modules(conn, tenant_id) if tenant_id else []
-        clinics = [{"slug": m.slug} for m in await memberships_of(conn, principal.user_id)]
+        clinics = [
+            {"slug": m.slug, "support": m.support}
+            for m in await memberships_of(conn, principal.user_id)
+        ]
     navigation = []
     for name in installed:
         if name not in platform.registry:
@@ -350,6 +353,7 @@ async def me(
         "permissions": sorted(principal.permissions),
         "location_ids": list(principal.location_ids),
         "mfa": principal.mfa,
+        "support_grant": str(principal.support_grant_id) if principal.support_grant_id else None,
         "navigation": navigation,
         "memberships": clinics,
     }

@@ -94,6 +94,12 @@ class LoadedPrincipal:
     roles: frozenset[str]
     permissions: frozenset[str]
     location_ids: tuple[str, ...] = field(default_factory=tuple)
+    support_grant_id: uuid.UUID | None = None
+    """Set when the user acts through a support grant, not a membership."""
+
+
+class SupportNeedsMfa(Forbidden):
+    problem = "mfa-required"
 
 
 # Principal ---------------------------------------------------------------------------
@@ -105,22 +111,31 @@ _PRINCIPAL = text(
            exists (select 1 from platform.refresh_tokens r
                     where r.family_id = :sid and r.revoked_at is not null) as revoked,
            m.user_id is not null as member, m.location_ids, t.status as tenant_status,
-           coalesce((select array_agg(mr.role order by mr.role)
-                       from platform.membership_roles mr
-                      where mr.user_id = u.id and mr.tenant_id = :tenant), '{}') as roles,
-           coalesce((select array_agg(distinct rp.permission)
-                       from platform.membership_roles mr
-                       join platform.role_permissions rp
-                         on rp.tenant_id = mr.tenant_id and rp.role = mr.role
-                      where mr.user_id = u.id and mr.tenant_id = :tenant
-                        and (split_part(rp.permission, '.', 1) = 'platform'
-                             or exists (select 1 from platform.tenant_modules tm
-                                         where tm.tenant_id = mr.tenant_id
-                                           and tm.module = split_part(rp.permission, '.', 1)
-                                           and tm.state = 'installed'))), '{}') as permissions
+           g.id as grant_id, held.roles, perms.permissions
       from platform.users u
       left join platform.memberships m on m.user_id = u.id and m.tenant_id = :tenant
       left join platform.tenants t on t.id = :tenant
+      -- A valid support grant counts only for a non-member, and only until it ends.
+      left join lateral (
+            select sg.id, sg.roles from platform.support_grants sg
+             where sg.grantee_id = u.id and sg.tenant_id = :tenant and m.user_id is null
+               and sg.revoked_at is null and sg.expires_at > now()
+             order by sg.expires_at desc limit 1) g on true
+      cross join lateral (
+            select coalesce(array_agg(x.role order by x.role), '{}') as roles
+              from (select mr.role from platform.membership_roles mr
+                     where mr.user_id = u.id and mr.tenant_id = :tenant
+                    union
+                    select jsonb_array_elements_text(g.roles)) x) held
+      cross join lateral (
+            select coalesce(array_agg(distinct rp.permission), '{}') as permissions
+              from platform.role_permissions rp
+             where rp.tenant_id = :tenant and rp.role = any(held.roles)
+               and (split_part(rp.permission, '.', 1) = 'platform'
+                    or exists (select 1 from platform.tenant_modules tm
+                                where tm.tenant_id = rp.tenant_id
+                                  and tm.module = split_part(rp.permission, '.', 1)
+                                  and tm.state = 'installed'))) perms
      where u.id = :user
     """
 ).bindparams(
@@ -155,8 +170,10 @@ async def load_principal(platform: Platform, claims: AccessClaims) -> LoadedPrin
     if claims.tenant_id is not None:
         if row.tenant_status != "active":
             raise Forbidden("this token's clinic is not active")
-        if not row.member:
-            raise NotAMember("you are no longer a member of this clinic")
+        if not row.member and row.grant_id is None:
+            raise NotAMember("you are no longer a member of this clinic (nor have support access)")
+        if row.grant_id is not None and not claims.mfa:
+            raise SupportNeedsMfa("support access needs a session that passed a second factor")
     return LoadedPrincipal(
         user_id=row.id,
         email=row.email,
@@ -166,6 +183,7 @@ async def load_principal(platform: Platform, claims: AccessClaims) -> LoadedPrin
         roles=frozenset(row.roles),
         permissions=frozenset(row.permissions),
         location_ids=tuple(row.location_ids or ()),
+        support_grant_id=row.grant_id,
     )
 
 
@@ -185,11 +203,25 @@ _MEMBERSHIP = text(
                        from platform.membership_roles mr
                        join platform.role_permissions rp
                          on rp.tenant_id = mr.tenant_id and rp.role = mr.role
-                      where mr.user_id = m.user_id and mr.tenant_id = t.id), '{}') as permissions
+                      where mr.user_id = m.user_id and mr.tenant_id = t.id), '{}') as permissions,
+           false as support
       from platform.memberships m
       join platform.tenants t on t.id = m.tenant_id and t.status = 'active'
      where m.user_id = :user
-     order by t.slug
+    union all
+    select t.id, t.slug,
+           array(select jsonb_array_elements_text(g.roles)) as roles,
+           coalesce((select array_agg(distinct rp.permission)
+                       from platform.role_permissions rp
+                      where rp.tenant_id = g.tenant_id
+                        and rp.role in (select jsonb_array_elements_text(g.roles))), '{}'),
+           true
+      from platform.support_grants g
+      join platform.tenants t on t.id = g.tenant_id and t.status = 'active'
+     where g.grantee_id = :user and g.revoked_at is null and g.expires_at > now()
+       and not exists (select 1 from platform.memberships m
+                        where m.user_id = g.grantee_id and m.tenant_id = g.tenant_id)
+     order by slug
     """
 ).bindparams(bindparam("user", type_=UUID(as_uuid=True)))
 
@@ -200,11 +232,17 @@ class Membership:
     slug: str
     roles: frozenset[str]
     permissions: frozenset[str]
+    support: bool = False
+    """Through a valid support grant, not a membership."""
 
 
 async def memberships_of(conn: AsyncConnection, user_id: uuid.UUID) -> list[Membership]:
+    """The user's clinics: memberships, and valid support grants (flagged `support`)."""
     rows = await conn.execute(_MEMBERSHIP, {"user": user_id})
-    return [Membership(r.id, r.slug, frozenset(r.roles), frozenset(r.permissions)) for r in rows]
+    return [
+        Membership(r.id, r.slug, frozenset(r.roles), frozenset(r.permissions), r.support)
+        for r in rows
+    ]
 
 
 def _choose(
@@ -215,6 +253,8 @@ def _choose(
             if m.slug == slug:
                 return m
         raise NotAMember("you are not a member of that clinic (or it does not exist)")
+    # Support access is entered on purpose, by naming the clinic, never by default.
+    memberships = [m for m in memberships if not m.support]
     if len(memberships) == 1:
         return memberships[0]
     if not memberships and is_operator:
@@ -301,6 +341,8 @@ async def sign_in(
             set(membership.permissions) if membership else set(),
         )
         or reseller_admin
+        # Support access through a grant always takes a second factor.
+        or (membership is not None and membership.support)
     )
     if need_mfa:
         enrol = user.totp_enabled_at is None
@@ -630,9 +672,11 @@ async def switch(
         user = (await conn.execute(select(users).where(users.c.id == user_id))).one()
         membership = _choose(await memberships_of(conn, user_id), slug, user.is_operator)
         assert membership is not None
-        need = requires_mfa(
-            user.is_operator, membership.roles, set(membership.permissions)
-        ) or await is_reseller_admin(conn, user_id)
+        need = (
+            requires_mfa(user.is_operator, membership.roles, set(membership.permissions))
+            or membership.support
+            or await is_reseller_admin(conn, user_id)
+        )
         if (need or user.totp_enabled_at is not None) and not session_mfa:
             enrol = user.totp_enabled_at is None
             failure = MfaRequired(await _challenge(conn, user_id, membership, enrol), enrol)

@@ -17,11 +17,13 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ._audit import record
 from ._auth import load_principal
 from ._clients import SCOPES, load_client, resellers_of
 from ._db import TenantScope
 from ._errors import Forbidden, NotFound, Unauthenticated
 from ._module import TenantRef
+from ._request_id import audit_context
 from ._runtime import Platform
 from ._tokens import AccessClaims, verify_access_token
 from ._websession import ACCESS_COOKIE, check_csrf
@@ -49,6 +51,8 @@ class Principal:
     scopes: frozenset[str] = field(default_factory=frozenset)
     """OAuth2 scopes of an integration client (kind `client`); users have none."""
     reseller_id: uuid.UUID | None = None
+    support_grant_id: uuid.UUID | None = None
+    """Acting through a clinic's support grant (checked on this request), not a membership."""
 
     def can(self, permission: str) -> bool:
         return permission in self.permissions
@@ -143,9 +147,25 @@ async def get_principal(request: Request) -> Principal:
         mfa=claims.mfa,
         session_id=claims.session_id,
         location_ids=loaded.location_ids,
+        support_grant_id=loaded.support_grant_id,
     )
     request.state.principal = principal
+    if principal.support_grant_id is not None:
+        await _record_support_access(request, principal)
     return principal
+
+
+async def _record_support_access(request: Request, principal: Principal) -> None:
+    """Every request made through a support grant is in the clinic's audit log."""
+    async with get_platform(request).db.engine.begin() as conn:
+        await record(
+            conn,
+            audit_context(request),
+            "support.access",
+            tenant_id=principal.tenant_uuid,
+            target=f"{request.method} {request.url.path}",
+            grant=str(principal.support_grant_id),
+        )
 
 
 async def get_tenant_session(

@@ -46,6 +46,8 @@ RESERVED_NAMES = frozenset(
         "plans",
         "sso",
         "domains",
+        "invitations",
+        "support",
     }
 )
 """Names that would collide with platform routes, schemas or tables."""

@@ -19,8 +19,11 @@ BUILTIN_ROLES: dict[str, str] = {
     "assistant": "Dental assistant",
     "receptionist": "Front desk",
     "accountant": "Invoices, payments and reports",
+    "support": "Time-limited help by the platform or a reseller: the audit log, read-only",
 }
 ADMIN_ROLE = "admin"
+SUPPORT_ROLE = "support"
+"""The default role of a support grant: what modules grant it, and the audit log."""
 PLATFORM_PREFIX = "platform."
 PLATFORM_PERMISSIONS: dict[str, str] = {
     "platform.member.manage": "Add, change and remove the clinic's members",
@@ -29,6 +32,7 @@ PLATFORM_PERMISSIONS: dict[str, str] = {
     "platform.approval.manage": "Approve or reject a reseller's destructive operations",
     "platform.sso.manage": "Configure the clinic's single sign-on providers",
     "platform.domain.manage": "Add, verify and remove the clinic's custom domains",
+    "platform.support.manage": "Grant and revoke time-limited support access",
 }
 """Not a module's: granted to `admin`, and assignable to custom roles like any other."""
 MFA_PERMISSIONS = frozenset(
@@ -38,6 +42,7 @@ MFA_PERMISSIONS = frozenset(
         "platform.approval.manage",
         "platform.sso.manage",
         "platform.domain.manage",
+        "platform.support.manage",
     }
 )
 """Holding any of these makes a member a tenant admin: a second factor is mandatory."""
@@ -58,6 +63,7 @@ def seeded_grants(registry: Registry, installed: list[str]) -> dict[str, set[str
     """What each system role holds, given the tenant's installed modules."""
     grants: dict[str, set[str]] = {role: set() for role in BUILTIN_ROLES}
     grants[ADMIN_ROLE] |= set(PLATFORM_PERMISSIONS)
+    grants[SUPPORT_ROLE].add("platform.audit.read")
     for name in installed:
         if name not in registry:
             continue  # a module no package provides any more grants nothing

@@ -126,6 +126,26 @@ class Settings(BaseSettings):
     """Nameservers (`1.1.1.1`, `127.0.0.1:5353`) that check custom domains' TXT records
     (`DENTALPIN_DNS_NAMESERVERS`, a JSON list). Empty: the system's resolver."""
     dns_timeout_s: float = Field(default=5.0, gt=0)
+    public_url: str = "http://localhost:8000"
+    """Where people reach the platform (scheme, `base_domain`, port): links in e-mails. A
+    clinic's links put its slug before the host (https://<slug>.dentalpin.example)."""
+    smtp_host: str | None = None
+    """Unset (development): each message is written as an .eml file to `<data dir>/mail`."""
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_security: Literal["starttls", "tls", "none"] = "starttls"
+    """`starttls` (usually port 587), `tls` (implicit TLS, usually 465), `none` (a relay on
+    the same host or network only: credentials and mail go in clear)."""
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_ca_file: Path | None = None
+    """CA bundle that verifies the SMTP server's certificate (default: the system's)."""
+    smtp_timeout_s: float = Field(default=30.0, gt=0)
+    mail_from: str = "DentalPin <no-reply@localhost>"
+    invitation_ttl_s: int = Field(default=7 * 24 * 3600, ge=300, le=60 * 24 * 3600)
+    password_reset_ttl_s: int = Field(default=1800, ge=300, le=24 * 3600)
+    email_verification_ttl_s: int = Field(default=3 * 24 * 3600, ge=300, le=30 * 24 * 3600)
+    support_grant_max_s: int = Field(default=7 * 24 * 3600, ge=3600, le=30 * 24 * 3600)
+    """The longest support grant a clinic admin may give (each grant names its expiry)."""
 
     @field_validator("role_prefix")
     @classmethod
@@ -147,6 +167,11 @@ class Settings(BaseSettings):
     @property
     def archive_dir(self) -> Path:
         return self.data_dir / "archives"
+
+    @property
+    def mail_dir(self) -> Path:
+        """Where messages go when no SMTP host is configured (development)."""
+        return self.data_dir / "mail"
 
     def sqlalchemy_url(self) -> URL:
         """The database URL with the asyncpg driver, whatever scheme was configured."""

@@ -215,6 +215,8 @@ users = Table(
     _now(),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     Column("password_changed_at", DateTime(timezone=True)),
+    # Set when the user followed a link sent to the address (revision 0006_invitations).
+    Column("email_verified_at", DateTime(timezone=True)),
     CheckConstraint("email = lower(email)", name="email_lower"),
 )
 
@@ -536,4 +538,82 @@ oidc_identities = Table(
     Column("email", Text),
     _now(),
     Column("last_login_at", DateTime(timezone=True)),
+)
+
+
+# Invitations, e-mail links, support grants (revision 0006_invitations) ----------------
+
+invitations = Table(
+    "invitations",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column(
+        "tenant_id",
+        UUID(as_uuid=True),
+        ForeignKey("tenants.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("email", Text, nullable=False),
+    Column("roles", JSONB, nullable=False),
+    Column("location_ids", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    Column("invited_by", UUID(as_uuid=True), ForeignKey("users.id", ondelete="SET NULL")),
+    # SHA-256 of the signed token (`_links.py`): the row makes it single use and revocable.
+    Column("token_hash", Text, nullable=False, unique=True),
+    _now(),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("accepted_at", DateTime(timezone=True)),
+    Column("accepted_by", UUID(as_uuid=True), ForeignKey("users.id", ondelete="SET NULL")),
+    Column("revoked_at", DateTime(timezone=True)),
+    CheckConstraint("email = lower(email)", name="email_lower"),
+)
+
+email_tokens = Table(
+    "email_tokens",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column(
+        "user_id",
+        UUID(as_uuid=True),
+        ForeignKey("users.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("purpose", Text, nullable=False),
+    # The address the link went to: changing the user's e-mail voids it.
+    Column("email", Text, nullable=False),
+    Column("token_hash", Text, nullable=False, unique=True),
+    _now(),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("used_at", DateTime(timezone=True)),
+    CheckConstraint("purpose in ('password_reset', 'email_verification')", name="purpose_valid"),
+)
+
+support_grants = Table(
+    "support_grants",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column(
+        "tenant_id",
+        UUID(as_uuid=True),
+        ForeignKey("tenants.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column(
+        "grantee_id",
+        UUID(as_uuid=True),
+        ForeignKey("users.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("roles", JSONB, nullable=False),
+    Column("reason", Text, nullable=False, server_default=""),
+    # No foreign keys: who granted and revoked stays known when their account goes.
+    Column("granted_by", UUID(as_uuid=True)),
+    _now(),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True)),
+    Column("revoked_by", UUID(as_uuid=True)),
+    CheckConstraint("expires_at > created_at", name="expiry_after_creation"),
 )

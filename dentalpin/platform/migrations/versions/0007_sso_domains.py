@@ -3,7 +3,7 @@ identities linked by (issuer, subject), and domain claims that several clinics m
 while only one can be verified.
 
 Revision ID: 0007_sso_domains
-Revises: 0005_platform_api
+Revises: 0006_invitations
 Create Date: 2026-12-07
 """
 
@@ -15,7 +15,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.types import Text
 
 revision = "0007_sso_domains"
-down_revision = "0005_platform_api"
+down_revision = "0006_invitations"
 branch_labels = None
 depends_on = None
 
