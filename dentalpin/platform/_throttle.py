@@ -27,11 +27,13 @@ class Rule:
     free: int
     cap_s: int
     window_s: int = 900
+    base_s: int = 1
+    """The first delay past the free attempts; each further attempt doubles it."""
 
     def delay(self, failures: int) -> int:
         if failures < self.free:
             return 0
-        return int(min(2 ** (failures - self.free), self.cap_s))
+        return int(min(self.base_s * 2 ** (failures - self.free), self.cap_s))
 
 
 ACCOUNT = Rule(free=5, cap_s=300)

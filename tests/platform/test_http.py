@@ -411,7 +411,9 @@ async def test_unexpected_errors_are_500_problems_without_internals(
 # OpenAPI ------------------------------------------------------------------------------
 
 
-async def test_openapi_lists_module_routes_under_their_prefix(client: httpx.AsyncClient) -> None:
+async def test_openapi_lists_module_routes_under_their_prefix(
+    client: httpx.AsyncClient, platform: Platform
+) -> None:
     response = await client.get("/api/openapi.json")
     assert response.status_code == 200
     paths = response.json()["paths"]
@@ -419,7 +421,7 @@ async def test_openapi_lists_module_routes_under_their_prefix(client: httpx.Asyn
         assert path in paths, sorted(paths)
     module_paths = [p for p in paths if p.startswith(f"{API_PREFIX}/") and p != f"{API_PREFIX}/"]
     for path in module_paths:
-        assert path.split("/")[3] in {"fx_people", "recall", "probe", *PLATFORM_API}, path
+        assert path.split("/")[3] in {*platform.registry.names, "probe", *PLATFORM_API}, path
     assert paths[RECALL_STATUS]["get"]["tags"] == ["recall"]
     # Mounted once: every operation appears under one path only.
     operation_ids = [op["operationId"] for item in paths.values() for op in item.values()]
