@@ -205,6 +205,31 @@ def kernel_ddl(schema: str, grace_s: float) -> list[str]:
             end $fn$""",
         f"create trigger outbox_marks_tenant after insert on {s}.{OUTBOX} "
         f"for each statement execute function {s}._mark_events_pending()",
+        # The relay's last step, in the tenant's own transaction: point the tenant's index
+        # entry at `next_due`, or drop it (null) unless a publish re-marked it since the
+        # pass read `pass_seq`. Only the tenant whose role is calling can be touched.
+        f"""create function {s}._reindex_events(
+                tenant uuid, pass_seq bigint, next_due timestamptz) returns void
+              language plpgsql security definer set search_path = pg_catalog, pg_temp as $fn$
+            begin
+              if not exists (select 1 from platform.tenants t
+                              where t.id = tenant and t.db_role = current_setting('role')) then
+                raise exception 'not this tenant''s index entry'
+                  using errcode = 'insufficient_privilege';
+              end if;
+              if next_due is null then
+                delete from platform.event_tenants e
+                 where e.tenant_id = tenant and e.seq = pass_seq;
+              else
+                insert into platform.event_tenants (tenant_id, due_at, seq)
+                values (tenant, next_due, nextval('platform.event_tenants_seq'))
+                on conflict (tenant_id) do update
+                   set due_at = case when platform.event_tenants.seq = pass_seq
+                                     then excluded.due_at
+                                     else least(platform.event_tenants.due_at, excluded.due_at)
+                                end;
+              end if;
+            end $fn$""",
     ]
 
 

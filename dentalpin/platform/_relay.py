@@ -92,16 +92,18 @@ async def deliver(
     batch = platform.settings.events_batch
     deadline = time.monotonic() + budget_s
     while True:
-        fanned, claimed = await _fan_out_and_claim(work)
-        if claimed:
-            await _run_batch(work, claimed)
-        if fanned < batch and len(claimed) < batch:
-            break  # a short round: nothing was left behind
-        if time.monotonic() > deadline:
-            work.report.more = True
-            break
-    await _reindex(work, seq)
-    return work.report
+        # The pass's last transaction also updates the tenant's index entry (`_reindex`).
+        fanned, claimed = await _fan_out_and_claim(work, seq)
+        if not claimed:
+            if fanned < batch:
+                return work.report  # reindexed with the (empty) claim
+            continue  # a full round of events without subscribers: fan out more
+        drained = fanned < batch and len(claimed) < batch  # a short round: nothing left
+        last = drained or time.monotonic() > deadline
+        await _run_batch(work, claimed, reindex=last, seq=seq)
+        if last:
+            work.report.more = not drained
+            return work.report
 
 
 async def _tenant_and_modules(
@@ -180,24 +182,30 @@ CLAIM = text(
 )
 
 
-async def _fan_out_and_claim(work: _Pass) -> tuple[int, list[_Claimed]]:
+async def _fan_out_and_claim(work: _Pass, seq: int | None) -> tuple[int, list[_Claimed]]:
     """One transaction: fan out new events, then lease the due deliveries. The lease is
-    committed before any handler runs, so a worker lost from here on costs an attempt."""
+    committed before any handler runs, so a worker lost from here on costs an attempt.
+    With nothing to claim, this is the pass's last transaction: it reindexes."""
     settings = work.platform.settings
     fan_out, params = _fan_out_statement(work)
     async with work.platform.db.tenant(work.scope) as session:
+        # The lease needs no fsync: lost in a crash, the delivery is simply due again.
+        await session.execute(_NO_FSYNC)
         fanned = int(await session.scalar(fan_out, params) or 0)
         rows = await session.execute(
             CLAIM, {"lease": settings.events_lease_s, "limit": settings.events_batch}
         )
         claimed = [_Claimed(**r._mapping) for r in rows]
+        if not claimed and fanned < settings.events_batch:
+            await _reindex(work, session, seq)
     work.report.fanned_out += fanned
     return fanned, claimed
 
 
-async def _run_batch(work: _Pass, batch: list[_Claimed]) -> None:
+async def _run_batch(work: _Pass, batch: list[_Claimed], *, reindex: bool, seq: int | None) -> None:
     """Every claimed delivery in one transaction, each under its own savepoint: a failing
-    handler rolls back only its own work, and the batch pays for one commit."""
+    handler rolls back only its own work, and the batch pays for one commit. With
+    `reindex` (the pass's last transaction) it ends by reindexing the tenant."""
     settings = work.platform.settings
     dead: list[tuple[_Claimed, str]] = []
     async with work.platform.db.tenant(work.scope) as session:
@@ -231,6 +239,8 @@ async def _run_batch(work: _Pass, batch: list[_Claimed]) -> None:
                     )
                     await session.execute(_RETRY, _fenced(d, error=error, delay=delay))
                     work.report.retried += 1
+        if reindex:
+            await _reindex(work, session, seq)
     if dead:
         async with work.platform.db.platform() as session:
             for d, error in dead:
@@ -263,6 +273,7 @@ def _fenced(d: _Claimed, **values: Any) -> dict[str, Any]:
 
 # Every write to a claimed delivery is fenced by its attempt: a slow worker whose lease was
 # taken over changes nothing.
+_NO_FSYNC = text("set local synchronous_commit = off")
 _INBOX = text(
     f"insert into {INBOX} (event_id, subscriber) values (:e, :s) on conflict do nothing returning 1"
 )
@@ -308,52 +319,32 @@ def _dead_letter_upsert(tenant_id: uuid.UUID, d: _Claimed, error: str) -> Any:
     )
 
 
-async def _reindex(work: _Pass, seq: int | None) -> None:
-    """Point the tenant's index entry at its next due time, or drop it when none is left
-    (one platform transaction; the platform owns the tenant schemas and reads them)."""
-    s = f'"{work.scope.schema}"'
-    async with work.platform.db.platform() as session:
-        due = await session.scalar(
-            text(
-                f"""select least(
-                      (select min(next_attempt_at) from {s}.{DELIVERIES} where state = 'pending'),
-                      (select min(lease_until) from {s}.{DELIVERIES} where state = 'running'),
-                      (select now() from {s}.{OUTBOX} where fanned_out_at is null limit 1))"""
-            )
-        )
-        if due is not None:
-            await mark_due(session, work.tenant.id, due, keep_earlier_unless_seq=seq)
-        elif seq is not None:
-            # Fenced by seq: an entry re-marked by a publish since the pass began stays.
-            await session.execute(
-                delete(event_tenants).where(
-                    event_tenants.c.tenant_id == work.tenant.id, event_tenants.c.seq == seq
-                )
-            )
+_REINDEX = text(
+    f"""select _reindex_events(:tenant, :seq, least(
+          (select min(next_attempt_at) from {DELIVERIES} where state = 'pending'),
+          (select min(lease_until) from {DELIVERIES} where state = 'running'),
+          (select now() from {OUTBOX} where fanned_out_at is null limit 1)))"""
+)
 
 
-async def mark_due(
-    session: Any,
-    tenant_id: uuid.UUID,
-    due: datetime | None,
-    *,
-    keep_earlier_unless_seq: int | None = None,
-) -> None:
-    """Upsert the tenant's index entry, due at `due` (None: now). An entry whose seq moved
-    on (a publish since the pass began) keeps its own due time when that is earlier."""
+async def _reindex(work: _Pass, session: Any, seq: int | None) -> None:
+    """Point the tenant's index entry at its next due time, or drop it when none is left;
+    in the pass's last tenant transaction, through the kernel's `_reindex_events`."""
+    await session.execute(_REINDEX, {"tenant": work.tenant.id, "seq": seq})
+
+
+async def mark_due(session: Any, tenant_id: uuid.UUID) -> None:
+    """Make the tenant's index entry due now (replayed dead letters)."""
     await session.execute(
         text(
             """
             insert into platform.event_tenants (tenant_id, due_at, seq)
-            values (:t, coalesce(cast(:due as timestamptz), now()),
-                    nextval('platform.event_tenants_seq'))
-            on conflict (tenant_id) do update
-               set due_at = case when platform.event_tenants.seq = :seq
-                                 then excluded.due_at
-                                 else least(platform.event_tenants.due_at, excluded.due_at) end
+            values (:t, now(), nextval('platform.event_tenants_seq'))
+            on conflict (tenant_id) do update set due_at = least(excluded.due_at,
+                                                                 platform.event_tenants.due_at)
             """
         ),
-        {"t": tenant_id, "due": due, "seq": keep_earlier_unless_seq},
+        {"t": tenant_id},
     )
 
 
@@ -467,7 +458,7 @@ async def retry_dead(
             await session.execute(
                 delete(event_dead_letters).where(event_dead_letters.c.id == row.id)
             )
-            await mark_due(session, row.tenant_id, None)
+            await mark_due(session, row.tenant_id)
         touched.add(row.tenant_id)
     if platform.db.on_published is not None and touched:
         platform.db.on_published({scopes[t] for t in touched})

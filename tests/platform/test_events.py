@@ -227,6 +227,9 @@ async def test_events_stay_in_their_tenant(events):
     # B's role cannot even name A's outbox.
     with pytest.raises(DBAPIError, match="permission denied"):
         await rows(events, b, f'select * from "{a.schema_name}"._outbox')
+    # Nor touch A's entry in the sweep's index through B's kernel function.
+    with pytest.raises(DBAPIError, match="not this tenant"):
+        await rows(events, b, "select _reindex_events(:t, null, null) as r", t=a.id)
     # Replaying dead letters of B touches nothing of A.
     assert await retry_dead(events, None, tenant_id=b.id) == []
 

@@ -86,6 +86,7 @@ def downgrade() -> None:
         for table in reversed(KERNEL_TABLES):
             op.execute(f'drop table if exists "{schema}".{table} cascade')
         op.execute(f'drop function if exists "{schema}"._mark_events_pending()')
+        op.execute(f'drop function if exists "{schema}"._reindex_events(uuid, bigint, timestamptz)')
     op.drop_table("periodic_runs", schema="platform")
     op.drop_table("event_dead_letters", schema="platform")
     op.drop_table("event_tenants", schema="platform")
