@@ -8,9 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 from ._errors import (
     Conflict,
+    Forbidden,
     InvalidInput,
     NotFound,
     PlatformError,
+    PreconditionFailed,
+    PreconditionRequired,
     UninstallVeto,
     UnknownModule,
 )
@@ -23,10 +26,14 @@ from ._module import (
     module_metadata,
 )
 from ._registry import Registry
+from ._rows import Page, PageOf, conflicts_as, etag, fetch_page, sort_order, update_versioned
 
 if TYPE_CHECKING:
     from ._http import (
         CurrentPrincipal,
+        IfMatch,
+        PageParams,
+        Paging,
         Principal,
         Tenant,
         TenantDB,
@@ -35,7 +42,17 @@ if TYPE_CHECKING:
     )
 
 _HTTP_NAMES = frozenset(
-    {"CurrentPrincipal", "Principal", "Tenant", "TenantDB", "public", "require_permission"}
+    {
+        "CurrentPrincipal",
+        "IfMatch",
+        "PageParams",
+        "Paging",
+        "Principal",
+        "Tenant",
+        "TenantDB",
+        "public",
+        "require_permission",
+    }
 )
 
 
@@ -53,13 +70,21 @@ __all__ = [
     "Category",
     "Conflict",
     "CurrentPrincipal",
+    "Forbidden",
+    "IfMatch",
     "InvalidInput",
     "LifecycleContext",
     "Manifest",
     "Module",
     "NavEntry",
     "NotFound",
+    "Page",
+    "PageOf",
+    "PageParams",
+    "Paging",
     "PlatformError",
+    "PreconditionFailed",
+    "PreconditionRequired",
     "Principal",
     "Registry",
     "Tenant",
@@ -67,7 +92,12 @@ __all__ = [
     "TenantRef",
     "UninstallVeto",
     "UnknownModule",
+    "conflicts_as",
+    "etag",
+    "fetch_page",
     "module_metadata",
     "public",
     "require_permission",
+    "sort_order",
+    "update_versioned",
 ]
