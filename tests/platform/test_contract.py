@@ -851,13 +851,16 @@ def generated_value(table: Table, column: Column[Any], index: int) -> Any:
         return index + 0.5
     if isinstance(kind, String | Text):
         return f"{table.name}.{column.name} #{index}"
+    # Later columns get later moments, so a start column comes before its end column
+    # (tables may check `ends_at > starts_at`).
+    later = list(table.columns).index(column)
     if isinstance(kind, DateTime):
-        moment = datetime(2024, 3, 1, 9, 0) + timedelta(hours=index)
+        moment = datetime(2024, 3, 1, 9, 0) + timedelta(hours=index, minutes=later)
         return moment.replace(tzinfo=UTC) if kind.timezone else moment
     if isinstance(kind, Date):
         return date(2024, 3, 1) + timedelta(days=index)
     if isinstance(kind, Time):
-        return time(9, index % 60)
+        return time(9 + later % 12, index % 60)
     if isinstance(kind, Interval):
         return timedelta(minutes=15 * (index + 1))
     if isinstance(kind, Uuid):
@@ -882,6 +885,8 @@ def _fill(conn: Connection, table: Table, rows: int, start: int = 0) -> list[dic
                 continue
             if column.foreign_keys:
                 target = next(iter(column.foreign_keys)).column
+                if target.table is table and column.nullable:
+                    continue  # a self-reference (a guardian...) stays empty
                 existing = conn.execute(select(target).order_by(target)).scalars().all()
                 if not existing:
                     _fill(conn, target.table, 3)
