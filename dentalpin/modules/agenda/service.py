@@ -472,7 +472,7 @@ async def _clash(
         "starts_at": other.starts_at.isoformat(),
         "ends_at": other.ends_at.isoformat(),
     }
-    zone = _zone(other.timezone)
+    zone = zone_of(other.timezone)
     starts, ends = other.starts_at.astimezone(zone), other.ends_at.astimezone(zone)
     return DoubleBooking(
         f"{who} is already booked on {starts:%Y-%m-%d} from {starts:%H:%M} to {ends:%H:%M} "
@@ -751,7 +751,7 @@ class SlotSearch:
     not_before: datetime | None = None
 
 
-def _zone(name: str) -> ZoneInfo:
+def zone_of(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
@@ -790,7 +790,7 @@ async def free_slots(
     ).one_or_none()
     if location is None:
         raise NotFound(f"no location {search.location_id}")
-    zone = _zone(location.timezone)
+    zone = zone_of(location.timezone)
     hours_query = (
         select(working_hours)
         .join(professionals, professionals.c.id == working_hours.c.professional_id)
