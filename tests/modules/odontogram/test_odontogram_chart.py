@@ -132,9 +132,7 @@ async def test_treatments_need_an_existing_catalog_item(clinic):
         missing = await clinic.entry(http, kind="treatment", tooth=36, condition="crown")
         assert missing.status_code == 422
         assert "catalog_item_id" in missing.json()["detail"]
-        unknown = await clinic.entry(
-            http, kind="treatment", tooth=36, catalog_item_id=uuid.uuid4()
-        )
+        unknown = await clinic.entry(http, kind="treatment", tooth=36, catalog_item_id=uuid.uuid4())
         assert unknown.status_code == 422
         assert "does not exist" in unknown.json()["detail"]
         cond = await clinic.entry(
