@@ -37,6 +37,7 @@ from fastapi.dependencies.models import Dependant
 from sqlalchemy import (
     JSON,
     Boolean,
+    CheckConstraint,
     Column,
     Connection,
     Date,
@@ -836,6 +837,19 @@ def tables_of(state: dict[str, Any], module: str) -> list[str]:
     )
 
 
+def integer_bounds(table: Table, column: Column[Any]) -> tuple[int, int] | None:
+    """The range a `CHECK (column between a and b)` constraint allows (reflected as
+    `column >= a AND column <= b`); None when no such constraint exists."""
+    name = re.escape(column.name)
+    pattern = re.compile(rf"^\(*{name} >= (-?\d+)\)? AND \(?{name} <= (-?\d+)\)*$")
+    for constraint in table.constraints:
+        if isinstance(constraint, CheckConstraint):
+            found = pattern.match(str(constraint.sqltext))
+            if found:
+                return int(found.group(1)), int(found.group(2))
+    return None
+
+
 def generated_value(table: Table, column: Column[Any], index: int) -> Any:
     """A deterministic value for a column, from its reflected type."""
     kind = column.type
@@ -844,6 +858,9 @@ def generated_value(table: Table, column: Column[Any], index: int) -> Any:
     if isinstance(kind, Boolean):
         return False  # the neutral value: flags such as a legal hold stay off
     if isinstance(kind, Integer):
+        bounds = integer_bounds(table, column)
+        if bounds:
+            return bounds[0] + index % (bounds[1] - bounds[0] + 1)
         return index + 1
     if isinstance(kind, Numeric):
         return Decimal(index) + Decimal("0.5") if kind.asdecimal else index + 0.5
