@@ -26,7 +26,16 @@ from ._module import (
     module_metadata,
 )
 from ._registry import Registry
-from ._rows import Page, PageOf, conflicts_as, etag, fetch_page, sort_order, update_versioned
+from ._rows import (
+    Page,
+    PageOf,
+    PatchBody,
+    conflicts_as,
+    etag,
+    fetch_page,
+    sort_order,
+    update_versioned,
+)
 
 if TYPE_CHECKING:
     from ._http import (
@@ -82,6 +91,7 @@ __all__ = [
     "PageOf",
     "PageParams",
     "Paging",
+    "PatchBody",
     "PlatformError",
     "PreconditionFailed",
     "PreconditionRequired",

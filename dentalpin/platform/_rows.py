@@ -12,9 +12,9 @@ import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, model_validator
 from sqlalchemy import ColumnElement, Select, Table, func, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
@@ -75,6 +75,25 @@ async def update_versioned(
         f"The {what} changed since you read it (version {expected_version}, now {current}). "
         "Read it again, reapply your change and send the new version in If-Match."
     )
+
+
+class PatchBody(BaseModel):
+    """A PATCH body: only the fields sent change, `null` clears an optional field, and the
+    fields named in `not_null` cannot be cleared. Unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+    not_null: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="after")
+    def _not_null_stay_set(self) -> PatchBody:
+        for name in self.not_null:
+            if name in self.model_fields_set and getattr(self, name) is None:
+                raise ValueError(f"'{name}' cannot be null; leave it out to keep it unchanged")
+        return self
+
+    def changes(self) -> dict[str, Any]:
+        """The fields the client sent, with their new values."""
+        return self.model_dump(exclude_unset=True)
 
 
 @dataclass(frozen=True)

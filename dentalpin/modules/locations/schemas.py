@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from dentalpin.platform import PatchBody
 
 EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 
@@ -49,9 +51,8 @@ class LocationCreate(_Strict):
     is_default: bool = False
 
 
-class LocationUpdate(_Strict):
-    """Only the fields sent change; `null` clears an optional field."""
-
+class LocationUpdate(PatchBody):
+    not_null = ("name", "timezone", "country", "is_default")
     name: Name | None = None
     timezone: TimeZone | None = None
     address_line: Short | None = None
@@ -64,16 +65,6 @@ class LocationUpdate(_Strict):
     tax_id: Short | None = None
     tax_name: Short | None = None
     is_default: bool | None = None
-
-    @model_validator(mode="after")
-    def _required_stay_set(self) -> LocationUpdate:
-        for field in ("name", "timezone", "country", "is_default"):
-            if field in self.model_fields_set and getattr(self, field) is None:
-                raise ValueError(f"'{field}' cannot be null; leave it out to keep it unchanged")
-        return self
-
-    def changes(self) -> dict[str, Any]:
-        return self.model_dump(exclude_unset=True)
 
 
 class LocationOut(BaseModel):
@@ -108,19 +99,10 @@ class CabinetCreate(_Strict):
     active: bool = True
 
 
-class CabinetUpdate(_Strict):
+class CabinetUpdate(PatchBody):
+    not_null = ("name", "active")
     name: Name | None = None
     active: bool | None = None
-
-    @model_validator(mode="after")
-    def _required_stay_set(self) -> CabinetUpdate:
-        for field in ("name", "active"):
-            if field in self.model_fields_set and getattr(self, field) is None:
-                raise ValueError(f"'{field}' cannot be null; leave it out to keep it unchanged")
-        return self
-
-    def changes(self) -> dict[str, Any]:
-        return self.model_dump(exclude_unset=True)
 
 
 class CabinetOut(BaseModel):
