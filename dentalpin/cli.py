@@ -26,6 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
 from dentalpin import __version__
+from dentalpin.cli_events import register as register_event_commands
 from dentalpin.cli_identity import register as register_identity_commands
 from dentalpin.platform import PlatformError
 from dentalpin.platform._jobs import (
@@ -74,6 +75,7 @@ app.add_typer(modules_app, name="modules")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(archives_app, name="archives")
 register_identity_commands(app)
+register_event_commands(app)
 
 out = Console()
 # Errors stay on one line when piped (no wrapping at 80 columns), so logs and greps keep them whole.

@@ -17,6 +17,7 @@ from ._errors import (
     UninstallVeto,
     UnknownModule,
 )
+from ._events import Event, EventContext, Handler, publish
 from ._manifest import Category, Manifest, NavEntry
 from ._module import (
     NAMING_CONVENTION,
@@ -79,7 +80,10 @@ __all__ = [
     "Category",
     "Conflict",
     "CurrentPrincipal",
+    "Event",
+    "EventContext",
     "Forbidden",
+    "Handler",
     "IfMatch",
     "InvalidInput",
     "LifecycleContext",
@@ -107,6 +111,7 @@ __all__ = [
     "fetch_page",
     "module_metadata",
     "public",
+    "publish",
     "require_permission",
     "sort_order",
     "update_versioned",

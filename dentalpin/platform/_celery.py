@@ -20,6 +20,8 @@ from celery.signals import worker_process_init, worker_process_shutdown, worker_
 
 from . import _workers
 from ._jobs import reap_jobs, run_job
+from ._nudge import DELIVER_TASK, EVENTS_QUEUE, SWEEP_TASK
+from ._relay import deliver, sweep
 from ._settings import Settings, get_settings
 from ._workers import LIFECYCLE_QUEUE, REAP_TASK, RUN_JOB_TASK
 
@@ -27,10 +29,12 @@ QUEUES = ("events", "lifecycle", "periodic")
 HEARTBEAT_TASK = "dentalpin.platform.heartbeat"
 
 
-def make_celery(settings: Settings | None = None, *, current: bool = True) -> Celery:
+def make_celery(
+    settings: Settings | None = None, *, current: bool = True, timeout_s: float = 2.0
+) -> Celery:
     settings = settings or get_settings()
     broker = settings.redis_url or "redis://127.0.0.1:6379/0"
-    transport: dict[str, Any] = {"socket_timeout": 2, "socket_connect_timeout": 2}
+    transport: dict[str, Any] = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
     if settings.celery_key_prefix:
         transport["global_keyprefix"] = settings.celery_key_prefix
     app = Celery("dentalpin", broker=broker, backend=None, set_as_current=current)
@@ -41,6 +45,8 @@ def make_celery(settings: Settings | None = None, *, current: bool = True) -> Ce
             RUN_JOB_TASK: {"queue": LIFECYCLE_QUEUE},
             REAP_TASK: {"queue": "periodic"},
             HEARTBEAT_TASK: {"queue": "periodic"},
+            DELIVER_TASK: {"queue": EVENTS_QUEUE},
+            SWEEP_TASK: {"queue": "periodic"},
         },
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -59,6 +65,11 @@ def make_celery(settings: Settings | None = None, *, current: bool = True) -> Ce
                 "schedule": settings.job_reap_every_s,
                 # A backlog of reaps (workers were down) runs once, not once per tick.
                 "options": {"queue": "periodic", "expires": settings.job_reap_every_s},
+            },
+            "events-sweep": {
+                "task": SWEEP_TASK,
+                "schedule": settings.events_sweep_every_s,
+                "options": {"queue": "periodic", "expires": settings.events_sweep_every_s},
             },
         },
         timezone="UTC",
@@ -83,6 +94,25 @@ def make_celery(settings: Settings | None = None, *, current: bool = True) -> Ce
             lambda platform: reap_jobs(platform, _workers.CeleryExecutor())
         )
         return report.as_dict()
+
+    @app.task(name=DELIVER_TASK)  # type: ignore[untyped-decorator]
+    def deliver_events(tenant: str) -> dict[str, Any]:
+        """One relay pass over one tenant (its schema name or id); another if work is left."""
+        key: uuid.UUID | str = tenant if tenant.startswith("t_") else uuid.UUID(tenant)
+        report = _workers.run_in_worker(lambda platform: deliver(platform, key))
+        if report.more:
+            app.send_task(DELIVER_TASK, args=[tenant], queue=EVENTS_QUEUE)
+        return report.as_dict()
+
+    @app.task(name=SWEEP_TASK)  # type: ignore[untyped-decorator]
+    def sweep_events() -> int:
+        """A relay pass for every tenant whose pending work is due (the nudge was lost,
+        a retry's backoff ran out, or a lease expired)."""
+
+        def send(tenant_id: uuid.UUID) -> None:
+            app.send_task(DELIVER_TASK, args=[str(tenant_id)], queue=EVENTS_QUEUE)
+
+        return len(_workers.run_in_worker(lambda platform: sweep(platform, send)))
 
     return app
 

@@ -10,6 +10,7 @@ tenant transaction fails instead of falling through to a shared schema.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -32,6 +33,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 from ._settings import Settings
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 SCHEMA_NAME = re.compile(r"^t_[a-z0-9]{6,24}$")
 ROLE_NAME = re.compile(r"^[a-z][a-z0-9_]{1,62}$")
@@ -84,6 +86,23 @@ def _scope_transaction(session: Session, _tx: SessionTransaction, connection: Co
     enter_tenant(connection, scope)
 
 
+@event.listens_for(TenantSession, "after_commit")
+def _nudge_after_commit(session: Session) -> None:
+    published = session.info.pop("published", None)
+    database = session.info.get("database")
+    if published and isinstance(database, Database) and database.on_published is not None:
+        # Never raises: a dead broker must not fail a request whose data is committed.
+        try:
+            database.on_published(set(published))
+        except Exception:  # pragma: no cover - defensive; the sweep delivers anyway
+            log.exception("nudging the event relay failed")
+
+
+@event.listens_for(TenantSession, "after_soft_rollback")
+def _forget_after_rollback(session: Session, _previous: SessionTransaction) -> None:
+    session.info.pop("published", None)
+
+
 def is_stale_statement(exc: BaseException) -> bool:
     """True when asyncpg refused a cached statement because another process ran DDL."""
     if not isinstance(exc, DBAPIError):
@@ -118,6 +137,8 @@ class Database:
                 }
             },
         )
+        self.on_published: Callable[[set[TenantScope]], None] | None = None
+        """Called after a tenant transaction that published events commits (the relay nudge)."""
         self._platform_sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._tenant_sessions = async_sessionmaker(
             self.engine, expire_on_commit=False, sync_session_class=TenantSession
@@ -136,19 +157,22 @@ class Database:
     @asynccontextmanager
     async def tenant(self, scope: TenantScope) -> AsyncIterator[AsyncSession]:
         """A transaction confined to one tenant's schema and role."""
-        session = self._tenant_sessions(info={"tenant_scope": scope})
+        session = self._tenant_sessions(info=self._tenant_info(scope))
         async with session, session.begin():
             yield session
 
     def tenant_session(self, scope: TenantScope) -> AsyncSession:
         """An unstarted tenant session, for callers that manage the transaction."""
-        return self._tenant_sessions(info={"tenant_scope": scope})
+        return self._tenant_sessions(info=self._tenant_info(scope))
 
     def session_on(self, connection: AsyncConnection, scope: TenantScope | None) -> AsyncSession:
         """A session joined to an open connection's transaction (lifecycle hooks)."""
         factory = self._tenant_sessions if scope else self._platform_sessions
-        info: dict[str, Any] = {"tenant_scope": scope} if scope else {}
+        info: dict[str, Any] = self._tenant_info(scope) if scope else {}
         return factory(bind=connection, info=info, join_transaction_mode="create_savepoint")
+
+    def _tenant_info(self, scope: TenantScope) -> dict[str, Any]:
+        return {"tenant_scope": scope, "database": self}
 
     async def run_in_tenant(
         self, scope: TenantScope, work: Callable[[AsyncSession], Awaitable[T]]

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from fastapi import APIRouter
     from sqlalchemy.ext.asyncio import AsyncSession
 
+    from ._events import Event, Handler
+
 NAMING_CONVENTION: dict[str, str] = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -71,6 +73,13 @@ class Module:
     compatible_revision: ClassVar[str | None] = None
     """Oldest schema revision this code still works with (expand/contract); None: its head.
     Tenants whose schema is older get 503 for this module until the fleet upgrade reaches them."""
+
+    events: ClassVar[tuple[type[Event], ...]] = ()
+    """The events this module publishes; their names must start with `<module name>.`."""
+
+    def subscriptions(self) -> dict[str, Handler]:
+        """Event name -> async handler, run for each event once per tenant (see `_relay`)."""
+        return {}
 
     def router(self) -> APIRouter | None:
         """The module's API router, mounted once at `/api/v1/<name>/`."""

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from .. import __version__ as core_version_of_this_build
 from ._errors import UnknownModule
+from ._events import check_subscriptions, declare_events
 from ._manifest import Manifest, satisfies
 from ._module import Module
 
@@ -172,6 +173,14 @@ class Registry:
     def auto_install(self) -> list[str]:
         return [s.name for s in self if s.manifest.auto_install and s.manifest.installable]
 
+    def subscribers(self, installed: Iterable[str]) -> dict[str, list[str]]:
+        """Event name -> the modules among `installed` that subscribe to it."""
+        routes: dict[str, list[str]] = {}
+        for name in self.ordered(n for n in installed if n in self._specs):
+            for event in self._specs[name].module.subscriptions():
+                routes.setdefault(event, []).append(name)
+        return routes
+
     def permissions(self) -> dict[str, str]:
         merged: dict[str, str] = {}
         for spec in self:
@@ -215,8 +224,14 @@ def _accept(candidate: Candidate, core_version: str) -> tuple[ModuleSpec | None,
         return None, (f"supports core {manifest.core}, but this is DentalPin {core_version}")
     try:
         instance = cls()
+        subscriptions = instance.subscriptions()
     except Exception as exc:
         return None, f"could not be instantiated: {type(exc).__name__}: {exc}"
+    problems = check_subscriptions(manifest.name, subscriptions) or declare_events(
+        manifest.name, tuple(cls.events)
+    )
+    if problems:
+        return None, "events: " + "; ".join(problems)
     return ModuleSpec(manifest.name, instance, candidate.distribution), None
 
 

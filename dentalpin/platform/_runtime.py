@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._db import Database
 from ._registry import Registry
 from ._settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from ._nudge import CeleryNudge, InProcessNudge
 
 
 @dataclass
@@ -19,6 +22,14 @@ class Platform:
     registry: Registry
     state: dict[str, Any] = field(default_factory=dict)
     """Per-process caches keyed by owner (script directories, DDL images...)."""
+    nudge: CeleryNudge | InProcessNudge | None = field(init=False, default=None)
+    """What a commit that published events calls (`_nudge`)."""
+
+    def __post_init__(self) -> None:
+        from ._nudge import make_nudge
+
+        self.nudge = make_nudge(self)
+        self.db.on_published = self.nudge
 
     @classmethod
     def create(cls, settings: Settings | None = None, registry: Registry | None = None) -> Platform:
@@ -30,4 +41,6 @@ class Platform:
         )
 
     async def close(self) -> None:
+        if self.nudge is not None:
+            self.nudge.close()
         await self.db.dispose()

@@ -73,6 +73,31 @@ class Settings(BaseSettings):
     """`statement_timeout` of the workers' database sessions (0: none)."""
     worker_idle_in_transaction_timeout_ms: int = Field(default=120_000, ge=0)
     """`idle_in_transaction_session_timeout` of the workers' database sessions (0: none)."""
+    worker_client_check_ms: int = Field(default=2_000, ge=0)
+    """`client_connection_check_interval` of the workers' sessions: a worker killed in the
+    middle of a statement has its transaction (and the locks it holds, such as an event's
+    inbox row) ended within this time, not when the statement finishes (0: off)."""
+    events_relay: Literal["auto", "celery", "inprocess", "off"] = "auto"
+    """How a commit that published events nudges delivery: `celery` (a task on the `events`
+    queue), `inprocess` (delivered by the publishing process, for tests and tools), `off`
+    (only the sweep), or `auto`: as `job_executor` resolves."""
+    events_max_attempts: int = Field(default=8, ge=1)
+    """Deliveries are dead-lettered after this many attempts (lost workers count)."""
+    events_backoff_s: float = Field(default=2.0, gt=0)
+    """First retry delay; doubled per attempt, with jitter, up to `events_backoff_max_s`."""
+    events_backoff_max_s: float = Field(default=600.0, gt=0)
+    events_lease_s: float = Field(default=60.0, gt=0)
+    """How long a worker holds a delivery before another may take it (a dead worker's)."""
+    events_batch: int = Field(default=100, ge=1, le=10_000)
+    """Deliveries claimed per round by one relay task."""
+    events_sweep_every_s: float = Field(default=2.0, gt=0)
+    events_nudge_grace_s: float = Field(default=5.0, ge=0)
+    """The sweep leaves a freshly published tenant alone this long: the nudge should win."""
+    events_nudge_timeout_s: float = Field(default=0.5, gt=0)
+    events_breaker_cooldown_s: float = Field(default=10.0, gt=0)
+    """After a failed nudge, commits skip the broker this long (the sweep covers them)."""
+    metrics_token: SecretStr | None = None
+    """Bearer token Prometheus sends to `/metrics`; in production, no token: no endpoint."""
     archive_retention_days: int = 365 * 6
     """Spanish law keeps clinical records at least five years; archives outlive that."""
 

@@ -16,6 +16,7 @@ from sqlalchemy import (
     MetaData,
     Table,
     Text,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
@@ -392,4 +393,30 @@ api_clients = Table(
     Column("scopes", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
     _now(),
     Column("revoked_at", DateTime(timezone=True)),
+)
+
+# Tenants with event work, and when the sweep should look at them (0004_events).
+event_tenants = Table(
+    "event_tenants",
+    metadata,
+    Column("tenant_id", UUID(as_uuid=True), primary_key=True),
+    Column("due_at", DateTime(timezone=True), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Index("ix_event_tenants_due_at", "due_at"),
+)
+
+# Every dead-lettered delivery of every tenant, for operators to list and replay.
+event_dead_letters = Table(
+    "event_dead_letters",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("tenant_id", UUID(as_uuid=True), nullable=False),
+    Column("delivery_id", BigInteger, nullable=False),
+    Column("event_id", UUID(as_uuid=True), nullable=False),
+    Column("event_name", Text, nullable=False),
+    Column("subscriber", Text, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("error", Text),
+    Column("dead_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    UniqueConstraint("tenant_id", "delivery_id"),
 )

@@ -71,6 +71,7 @@ def worker_server_settings(settings: Settings) -> dict[str, str]:
         "application_name": "dentalpin-worker",
         "statement_timeout": str(settings.worker_statement_timeout_ms),
         "idle_in_transaction_session_timeout": str(settings.worker_idle_in_transaction_timeout_ms),
+        "client_connection_check_interval": str(settings.worker_client_check_ms),
     }
 
 

@@ -23,6 +23,7 @@ from ._operations import (
     tenant_operation,
 )
 from ._roles import sync_tenant_roles
+from ._subscribers import forget_uninstalled_subscribers
 
 __all__ = [
     "Drift",
@@ -38,6 +39,7 @@ __all__ = [
     "dry_run_uninstall",
     "find_drift",
     "find_tenant",
+    "forget_uninstalled_subscribers",
     "lineages",
     "lint_lineage",
     "load_lineage",

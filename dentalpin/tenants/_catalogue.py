@@ -16,6 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from dentalpin.platform import Conflict, InvalidInput, NotFound, TenantRef
 from dentalpin.platform._db import TenantScope
 from dentalpin.platform._errors import did_you_mean
+from dentalpin.platform._events import create_kernel
+from dentalpin.platform._settings import Settings
 from dentalpin.platform._tables import tenant_modules, tenants
 
 SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{1,38}[a-z0-9])$")
@@ -180,9 +182,12 @@ async def module_states(conn: AsyncConnection, tenant_id: uuid.UUID) -> dict[str
     }
 
 
-async def create_schema_and_role(conn: AsyncConnection, scope: TenantScope) -> None:
-    """The tenant's schema, and a role that may use that schema and nothing else."""
-    schema, role = scope.schema, scope.role
+async def create_schema_and_role(
+    conn: AsyncConnection, tenant: TenantRecord, settings: Settings
+) -> None:
+    """The tenant's schema, a role that may use that schema and nothing else, and the
+    platform's tables in it (the event kernel)."""
+    schema, role = tenant.scope.schema, tenant.scope.role
     await conn.execute(text(f'create role "{role}" nologin'))
     # The login role must be a member to take the tenant role with SET LOCAL ROLE.
     await conn.execute(text(f'grant "{role}" to current_user'))
@@ -197,6 +202,7 @@ async def create_schema_and_role(conn: AsyncConnection, scope: TenantScope) -> N
         await conn.execute(
             text(f'alter default privileges in schema "{schema}" grant {grant} to "{role}"')
         )
+    await create_kernel(conn, schema, settings.events_nudge_grace_s)
 
 
 async def drop_schema_and_role(conn: AsyncConnection, scope: TenantScope) -> None:

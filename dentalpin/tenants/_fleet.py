@@ -20,6 +20,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, bindparam, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
@@ -50,6 +51,11 @@ def alembic_config() -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     return config
+
+
+def platform_head() -> str | None:
+    """The platform schema's head revision in this code."""
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
 async def migrate_platform(platform: Platform) -> str | None:

@@ -140,7 +140,7 @@ async def _provision(
     except IntegrityError:
         raise Conflict(f"a tenant with slug '{slug}' already exists") from None
     tenant = tenant_record(row)
-    await create_schema_and_role(conn, tenant.scope)
+    await create_schema_and_role(conn, tenant, platform.settings)
     op = Operation(platform, conn, tenant, log, progress)
     await op.begin()
     if wanted:
@@ -487,7 +487,7 @@ async def restore_tenant(
         except IntegrityError:
             raise Conflict(f"slug '{new_slug}' is taken; restore with another slug") from None
         tenant = await tenant_by_id(conn, old.id)
-        await create_schema_and_role(conn, tenant.scope)
+        await create_schema_and_role(conn, tenant, platform.settings)
         op = Operation(platform, conn, tenant, log)
         await op.begin()
         modules: dict[str, Any] = contents["modules"]

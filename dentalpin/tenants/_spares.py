@@ -131,7 +131,7 @@ async def make_spare(platform: Platform, log: Log = _quiet) -> TenantRecord:
             )
         ).one()
         spare = tenant_record(row)
-        await create_schema_and_role(conn, spare.scope)
+        await create_schema_and_role(conn, spare, platform.settings)
         op = Operation(platform, conn, spare, log)
         await op.begin()
         modules = platform.registry.auto_install()

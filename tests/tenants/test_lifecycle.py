@@ -29,9 +29,17 @@ async def states(platform, tenant):
         return await module_states(conn, tenant.id)
 
 
+KERNEL_MARKS = ("_outbox", "_deliveries", "_inbox", "_mark_events_pending", "outbox_marks")
+
+
 async def schema_picture(platform, tenant):
+    """The modules' part of the tenant schema (the platform's event kernel left out)."""
     async with platform.db.engine.connect() as conn:
-        return await describe_schema(conn, tenant.schema_name)
+        picture = await describe_schema(conn, tenant.schema_name)
+    return {
+        kind: [row for row in rows if not any(mark in row for mark in KERNEL_MARKS)]
+        for kind, rows in picture.items()
+    }
 
 
 async def scalar(platform, tenant, sql):

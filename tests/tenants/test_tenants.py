@@ -78,7 +78,14 @@ async def test_archive_drops_the_schema_and_restore_brings_the_clinic_back(platf
     job = await executor_of(platform).wait(platform, job.id)
     assert job.state == "succeeded", job.error
     archive_id = job.result["archive_id"]
-    assert job.result["tables"] == {"people": 2, "recall_reminders": 2}
+    # Every table goes, the platform's event kernel (outbox, deliveries, inbox) included.
+    assert job.result["tables"] == {
+        "people": 2,
+        "recall_reminders": 2,
+        "_outbox": 0,
+        "_deliveries": 0,
+        "_inbox": 0,
+    }
 
     async with platform.db.engine.connect() as conn:
         assert not await schema_exists(conn, tenant.schema_name)

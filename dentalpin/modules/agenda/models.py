@@ -23,7 +23,7 @@ from sqlalchemy import (
     text,
     true,
 )
-from sqlalchemy.dialects.postgresql import ENUM, UUID, ExcludeConstraint
+from sqlalchemy.dialects.postgresql import UUID, ExcludeConstraint
 
 from dentalpin.platform import module_metadata
 
@@ -41,7 +41,9 @@ STATUSES = (
 FREEING_STATUSES = ("cancelled", "no_show")
 """Appointments in these states no longer hold their slot."""
 
-status_type = ENUM(*STATUSES, name="agenda_status", create_type=False)
+# Text with a CHECK, not an enum type: an enum made in each tenant schema has its own OID,
+# and a statement asyncpg prepared for one tenant would then change result type for the next.
+STATUS_CHECK = "{column} in ('" + "', '".join(STATUSES) + "')"
 
 # The predicate both exclusion constraints share: what still occupies its slot.
 BLOCKING = "status not in ('cancelled', 'no_show')"
@@ -110,11 +112,12 @@ appointments = Table(
     Column("location_id", UUID(as_uuid=True), ForeignKey("locations_locations.id"), nullable=False),
     Column("starts_at", DateTime(timezone=True), nullable=False),
     Column("ends_at", DateTime(timezone=True), nullable=False),
-    Column("status", status_type, nullable=False, server_default="scheduled"),
+    Column("status", Text, nullable=False, server_default="scheduled"),
     Column("notes", Text),
     Column("booked_by", UUID(as_uuid=True)),
     *_audit_columns(),
     CheckConstraint("ends_at > starts_at", name="ends_after_start"),
+    CheckConstraint(STATUS_CHECK.format(column="status"), name="status_valid"),
     ExcludeConstraint(
         (literal_column("professional_id"), "="),
         (SLOT, "&&"),
@@ -156,10 +159,12 @@ status_changes = Table(
         ForeignKey("agenda_appointments.id", ondelete="CASCADE"),
         nullable=False,
     ),
-    Column("from_status", status_type),
-    Column("to_status", status_type, nullable=False),
+    Column("from_status", Text),
+    Column("to_status", Text, nullable=False),
     Column("changed_by", UUID(as_uuid=True)),
     Column("changed_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     Column("reason", Text),
+    CheckConstraint(STATUS_CHECK.format(column="from_status"), name="from_status_valid"),
+    CheckConstraint(STATUS_CHECK.format(column="to_status"), name="to_status_valid"),
     Index("ix_agenda_status_changes_appointment_id_changed_at", "appointment_id", "changed_at"),
 )

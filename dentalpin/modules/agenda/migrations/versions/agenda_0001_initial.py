@@ -17,7 +17,7 @@ dentalpin_requires = {
     "catalog": "catalog_0001",
 }
 
-STATUS = sa.Enum(
+STATUSES = (
     "scheduled",
     "confirmed",
     "checked_in",
@@ -25,9 +25,14 @@ STATUS = sa.Enum(
     "completed",
     "cancelled",
     "no_show",
-    name="agenda_status",
-    create_type=False,
 )
+
+
+def _status_check(table: str, column: str) -> sa.CheckConstraint:
+    allowed = ", ".join(f"'{s}'" for s in STATUSES)
+    return sa.CheckConstraint(f"{column} in ({allowed})", name=f"ck_{table}_{column}_valid")
+
+
 BLOCKING = "where (status not in ('cancelled', 'no_show'))"
 
 
@@ -54,10 +59,6 @@ def _id() -> sa.Column[object]:
 
 
 def upgrade() -> None:
-    op.execute(
-        "create type agenda_status as enum ('scheduled', 'confirmed', 'checked_in', "
-        "'in_treatment', 'completed', 'cancelled', 'no_show')"
-    )
     op.create_table(
         "agenda_professionals",
         _id(),
@@ -107,7 +108,7 @@ def upgrade() -> None:
         sa.Column("location_id", sa.UUID(), nullable=False),
         sa.Column("starts_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("ends_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("status", STATUS, nullable=False, server_default="scheduled"),
+        sa.Column("status", sa.Text, nullable=False, server_default="scheduled"),
         sa.Column("notes", sa.Text),
         sa.Column("booked_by", sa.UUID()),
         *_audit_columns(),
@@ -133,6 +134,7 @@ def upgrade() -> None:
             name="fk_agenda_appointments_location_id_locations_locations",
         ),
         sa.CheckConstraint("ends_at > starts_at", name="ck_agenda_appointments_ends_after_start"),
+        _status_check("agenda_appointments", "status"),
     )
     # No double booking, enforced by PostgreSQL whatever races the application loses
     # (btree_gist gives uuid an equality operator class for GiST).
@@ -174,8 +176,8 @@ def upgrade() -> None:
         "agenda_status_changes",
         _id(),
         sa.Column("appointment_id", sa.UUID(), nullable=False),
-        sa.Column("from_status", STATUS),
-        sa.Column("to_status", STATUS, nullable=False),
+        sa.Column("from_status", sa.Text),
+        sa.Column("to_status", sa.Text, nullable=False),
         sa.Column("changed_by", sa.UUID()),
         sa.Column(
             "changed_at",
@@ -191,6 +193,8 @@ def upgrade() -> None:
             name="fk_agenda_status_changes_appointment_id_agenda_appointments",
             ondelete="CASCADE",
         ),
+        _status_check("agenda_status_changes", "from_status"),
+        _status_check("agenda_status_changes", "to_status"),
     )
     op.create_index(
         "ix_agenda_status_changes_appointment_id_changed_at",
@@ -205,4 +209,3 @@ def downgrade() -> None:
     op.drop_table("agenda_appointments")
     op.drop_table("agenda_working_hours")
     op.drop_table("agenda_professionals")
-    op.execute("drop type agenda_status")

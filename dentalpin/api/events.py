@@ -1,0 +1,146 @@
+"""The event pipeline over HTTP: dead letters and their replay (operators), and the
+Prometheus metrics of deliveries, outbox lag, dead letters and jobs."""
+
+from __future__ import annotations
+
+import hmac
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
+from dentalpin.platform import Principal
+from dentalpin.platform._errors import Forbidden, InvalidInput, NotFound, Unauthenticated
+from dentalpin.platform._http import bearer_token, get_platform, get_principal
+from dentalpin.platform._relay import dead_letters, pipeline_stats, retry_dead
+from dentalpin.platform._runtime import Platform
+from dentalpin.platform._tables import tenants
+
+router = APIRouter(prefix="/api/v1/events", tags=["events"])
+metrics_router = APIRouter(tags=["observability"])
+PlatformDep = Annotated[Platform, Depends(get_platform)]
+
+
+def operator(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+    if not principal.is_operator:
+        raise Forbidden("only platform operators manage the event pipeline")
+    return principal
+
+
+Operator = Annotated[Principal, Depends(operator)]
+
+
+class DeadLetter(BaseModel):
+    id: int
+    tenant: str
+    event_id: str
+    event: str
+    subscriber: str
+    attempts: int
+    error: str | None
+    dead_at: str
+
+
+class Replay(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[int] | None = Field(
+        default=None, max_length=10_000, description="Dead-letter ids; omit with all=true."
+    )
+    all: bool = False
+    tenant: str | None = Field(default=None, description="Only this tenant's dead letters.")
+
+
+class Replayed(BaseModel):
+    tenants: list[str]
+
+
+class Stats(BaseModel):
+    deliveries: dict[str, int]
+    outbox_lag_s: float
+    tenants_with_work: int
+    jobs: dict[str, int]
+
+
+async def _tenant_id(platform: Platform, slug: str | None) -> uuid.UUID | None:
+    if slug is None:
+        return None
+    async with platform.db.engine.connect() as conn:
+        found = await conn.scalar(select(tenants.c.id).where(tenants.c.slug == slug))
+    if found is None:
+        raise NotFound(f"no tenant with slug '{slug}'")
+    return uuid.UUID(str(found))
+
+
+@router.get("/failed", response_model=list[DeadLetter])
+async def list_failed(
+    platform: PlatformDep,
+    _: Operator,
+    tenant: Annotated[str | None, Query(description="Only this tenant (slug).")] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+) -> list[dict[str, Any]]:
+    """Dead letters: deliveries that failed every attempt, oldest first."""
+    return await dead_letters(platform, tenant_id=await _tenant_id(platform, tenant), limit=limit)
+
+
+@router.post("/failed/{letter_id}/retry", response_model=Replayed, status_code=202)
+async def retry_one(letter_id: int, platform: PlatformDep, _: Operator) -> dict[str, Any]:
+    """Queue one dead letter again, with fresh attempts."""
+    return {"tenants": [str(t) for t in await retry_dead(platform, [letter_id])]}
+
+
+@router.post("/retry", response_model=Replayed, status_code=202)
+async def retry_many(body: Replay, platform: PlatformDep, _: Operator) -> dict[str, Any]:
+    """Queue dead letters again: the ones named, or all (of a tenant)."""
+    if bool(body.ids) == body.all:
+        raise InvalidInput("name dead-letter ids, or set all=true (not both)")
+    tenant_id = await _tenant_id(platform, body.tenant)
+    touched = await retry_dead(platform, None if body.all else body.ids, tenant_id=tenant_id)
+    return {"tenants": [str(t) for t in touched]}
+
+
+@router.get("/stats", response_model=Stats)
+async def stats(platform: PlatformDep, _: Operator) -> dict[str, Any]:
+    """Deliveries by state, outbox lag, dead letters and jobs by state."""
+    return await pipeline_stats(platform)
+
+
+@metrics_router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request, platform: PlatformDep) -> Response:
+    """Prometheus exposition. With `metrics_token` set, scrapers send it as a Bearer token;
+    in production without one, the endpoint does not exist."""
+    token = platform.settings.metrics_token
+    if token is None and platform.settings.environment == "production":
+        raise NotFound("metrics are disabled: set DENTALPIN_METRICS_TOKEN to enable them")
+    if token is not None:
+        given = bearer_token(request) or ""
+        if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
+            raise Unauthenticated("metrics need the Bearer token of DENTALPIN_METRICS_TOKEN")
+    data = await pipeline_stats(platform)
+    registry = CollectorRegistry()
+    deliveries = Gauge(
+        "dentalpin_event_deliveries",
+        "Event deliveries by state (pending and running: tenants with work; dead: all)",
+        ["state"],
+        registry=registry,
+    )
+    for state, n in data["deliveries"].items():
+        deliveries.labels(state).set(n)
+    Gauge(
+        "dentalpin_event_outbox_lag_seconds",
+        "Age of the oldest event not yet delivered",
+        registry=registry,
+    ).set(data["outbox_lag_s"])
+    Gauge(
+        "dentalpin_event_tenants_with_work",
+        "Tenants in the sweep's index",
+        registry=registry,
+    ).set(data["tenants_with_work"])
+    jobs = Gauge("dentalpin_jobs", "Lifecycle jobs by state", ["state"], registry=registry)
+    for state in ("queued", "running", "succeeded", "failed", "cancelled"):
+        jobs.labels(state).set(data["jobs"].get(state, 0))
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

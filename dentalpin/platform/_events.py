@@ -1,0 +1,213 @@
+"""Publishing events: the outbox in every tenant schema, written in the caller's transaction.
+
+`publish(session, event)` inserts one row into the tenant schema's `_outbox`; a statement
+trigger marks the tenant in `platform.event_tenants` (the index the sweep reads, so it
+never scans tenants without work), and after commit the session nudges the relay
+(`_relay`) through the broker, fire-and-forget. Who receives an event is decided at
+delivery time, from the modules installed in the tenant then.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from ._db import TenantScope
+from ._module import TenantRef
+
+EVENT_NAME = re.compile(r"^[a-z][a-z0-9_]{1,39}\.[a-z][a-z0-9_]{1,79}$")
+E = TypeVar("E", bound="Event")
+
+# Tenant-schema tables the platform owns next to the modules' tables. The leading '_'
+# cannot start a module name, so no module table can collide with them.
+OUTBOX = "_outbox"
+DELIVERIES = "_deliveries"
+INBOX = "_inbox"
+KERNEL_TABLES = (OUTBOX, DELIVERIES, INBOX)
+DELIVERY_STATES = ("pending", "running", "done", "dead", "skipped")
+
+
+class Event(BaseModel):
+    """An event's payload, owned by the module that publishes it.
+
+    Subclasses set `event_name` (`<module>.<what_happened>`) and `event_version`
+    (raise it when the payload changes incompatibly; subscribers see both).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_name: ClassVar[str]
+    event_version: ClassVar[int] = 1
+
+
+@dataclass(frozen=True)
+class EventContext:
+    """What a subscriber gets: the event, and a session confined to the tenant, whose
+    transaction also records the event in the inbox (so its effect happens once)."""
+
+    session: AsyncSession
+    tenant: TenantRef
+    event_id: uuid.UUID
+    name: str
+    version: int
+    payload: dict[str, Any]
+    occurred_at: datetime
+    attempt: int
+
+    def parse(self, model: type[E]) -> E:
+        """The payload as the publisher's model (validated)."""
+        return model.model_validate(self.payload)
+
+    @property
+    def idempotency_key(self) -> str:
+        """A key for effects outside the database (e-mail, tax submissions): the same on
+        every redelivery of this event to this subscriber."""
+        return f"{self.event_id}:{self.name}"
+
+
+Handler = Callable[[EventContext], Awaitable[None]]
+
+_declared: dict[str, str] = {}
+"""Event name -> publishing module, filled by the registry as it accepts modules."""
+
+
+def declare_events(module: str, events: tuple[type[Event], ...]) -> list[str]:
+    """Check a module's declared events; returns the problems (empty when fine)."""
+    problems = []
+    for event in events:
+        if not (isinstance(event, type) and issubclass(event, Event)):
+            problems.append(f"{event!r} in `events` is not a subclass of dentalpin.platform.Event")
+            continue
+        name = getattr(event, "event_name", None)
+        if not isinstance(name, str) or not EVENT_NAME.match(name):
+            problems.append(
+                f"{event.__name__}.event_name {name!r} is not '<module>.<event>' in lower case"
+            )
+        elif not name.startswith(f"{module}."):
+            problems.append(
+                f"{event.__name__} publishes '{name}', which belongs to module "
+                f"'{name.split('.')[0]}'; a module publishes only under its own name "
+                f"('{module}.{name.split('.', 1)[1]}')"
+            )
+        elif _declared.get(name, module) != module:
+            problems.append(f"event '{name}' is already published by '{_declared[name]}'")
+    if not problems:
+        for event in events:
+            _declared[event.event_name] = module
+    return problems
+
+
+def check_subscriptions(module: str, subscriptions: dict[str, Handler]) -> list[str]:
+    problems = []
+    for name, handler in subscriptions.items():
+        if not EVENT_NAME.match(name):
+            problems.append(f"subscription to '{name}': not an event name '<module>.<event>'")
+        if not callable(handler):
+            problems.append(f"subscription to '{name}': the handler is not callable")
+    return problems
+
+
+async def publish(session: AsyncSession, event: Event) -> uuid.UUID:
+    """Write `event` into the tenant's outbox, in the session's current transaction.
+
+    The event exists only if the caller's change commits; after the commit the relay is
+    nudged (and the sweep finds it anyway when the broker is unreachable).
+    """
+    if not isinstance(event, Event):
+        raise TypeError(f"publish() takes a dentalpin.platform.Event, not {type(event).__name__}")
+    name = type(event).event_name
+    if name not in _declared:
+        raise LookupError(
+            f"event '{name}' is not declared by any module: list {type(event).__name__} "
+            "in your Module's `events`"
+        )
+    scope = session.info.get("tenant_scope")
+    if not isinstance(scope, TenantScope):
+        raise RuntimeError("publish() needs a tenant session (TenantDB, ctx.session)")
+    event_id = uuid.uuid4()
+    await session.execute(
+        text(
+            f"insert into {OUTBOX} (id, name, version, payload) "
+            "values (:id, :name, :version, cast(:payload as jsonb))"
+        ),
+        {
+            "id": event_id,
+            "name": name,
+            "version": type(event).event_version,
+            "payload": event.model_dump_json(),
+        },
+    )
+    session.info.setdefault("published", set()).add(scope)
+    return event_id
+
+
+# The tenant kernel -------------------------------------------------------------------
+
+
+def kernel_ddl(schema: str, grace_s: float) -> list[str]:
+    """The platform's tables in one tenant schema: outbox, deliveries, inbox, and the trigger
+    that puts the tenant in the sweep's index. The trigger function runs as its owner (the
+    platform) and finds the tenant by the schema of the table it fired on, so a tenant can
+    mark only itself; every tenant's kernel is the same DDL (DDL images compare equal)."""
+    s = f'"{schema}"'
+    return [
+        f"""create table {s}.{OUTBOX} (
+              id uuid primary key,
+              seq bigint generated always as identity unique,
+              name text not null,
+              version integer not null,
+              payload jsonb not null,
+              occurred_at timestamptz not null default now(),
+              fanned_out_at timestamptz)""",
+        f"create index ix_outbox_unfanned on {s}.{OUTBOX} (seq) where fanned_out_at is null",
+        f"""create table {s}.{DELIVERIES} (
+              id bigint generated always as identity primary key,
+              event_id uuid not null references {s}.{OUTBOX} (id) on delete cascade,
+              subscriber text not null,
+              state text not null default 'pending'
+                check (state in ({", ".join(f"'{x}'" for x in DELIVERY_STATES)})),
+              attempts integer not null default 0,
+              next_attempt_at timestamptz not null default now(),
+              lease_until timestamptz,
+              last_error text,
+              created_at timestamptz not null default now(),
+              done_at timestamptz,
+              unique (event_id, subscriber))""",
+        f"create index ix_deliveries_due on {s}.{DELIVERIES} (next_attempt_at) "
+        "where state = 'pending'",
+        f"create index ix_deliveries_leased on {s}.{DELIVERIES} (lease_until) "
+        "where state = 'running'",
+        f"create index ix_deliveries_dead on {s}.{DELIVERIES} (id) where state = 'dead'",
+        f"""create table {s}.{INBOX} (
+              event_id uuid not null,
+              subscriber text not null,
+              processed_at timestamptz not null default now(),
+              primary key (event_id, subscriber))""",
+        f"""create function {s}._mark_events_pending() returns trigger
+              language plpgsql security definer set search_path = pg_catalog, pg_temp as $fn$
+            begin
+              insert into platform.event_tenants (tenant_id, due_at, seq)
+              select t.id, now() + interval '{float(grace_s)} seconds',
+                     nextval('platform.event_tenants_seq')
+                from platform.tenants t where t.schema_name = tg_table_schema
+              on conflict (tenant_id) do update
+                 set seq = excluded.seq,
+                     due_at = least(platform.event_tenants.due_at, excluded.due_at);
+              return null;
+            end $fn$""",
+        f"create trigger outbox_marks_tenant after insert on {s}.{OUTBOX} "
+        f"for each statement execute function {s}._mark_events_pending()",
+    ]
+
+
+async def create_kernel(conn: AsyncConnection, schema: str, grace_s: float) -> None:
+    for statement in kernel_ddl(schema, grace_s):
+        await conn.execute(text(statement))

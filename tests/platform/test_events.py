@@ -1,0 +1,328 @@
+"""Events: the outbox, delivery, the inbox, retries, dead letters — in-process, real PostgreSQL.
+
+The publisher and subscriber are `fx_ledger` and `fx_ledger_watch`
+(tests/fixtures/dentalpin-worker-fixtures). Test platforms resolve the relay to
+`inprocess`: a commit that published starts a delivery pass on the test's own loop, and
+`platform.nudge.drain()` waits for it. The same passes on real workers, with the nudge
+through Redis, are in test_events_workers.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, ClassVar
+
+import pytest
+from dentalpin_worker_fixtures.fx_ledger import add_entry
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from dentalpin.platform import Event, Manifest, Module
+from dentalpin.platform._db import Database
+from dentalpin.platform._nudge import CeleryNudge, CircuitBreaker, InProcessNudge
+from dentalpin.platform._registry import Registry
+from dentalpin.platform._relay import (
+    backoff_s,
+    dead_letters,
+    deliver,
+    pipeline_stats,
+    retry_dead,
+    sweep,
+)
+from dentalpin.platform._runtime import Platform
+from dentalpin.tenants import TenantRecord, create_tenant
+from tests.conftest import unique_slug
+from tests.tenants.test_lifecycle import run_job
+
+
+def with_settings(base: Platform, **changes: Any) -> Platform:
+    settings = base.settings.model_copy(update=changes)
+    return Platform(settings=settings, db=Database(base.db.url, settings), registry=base.registry)
+
+
+@pytest.fixture
+async def events(platform: Platform) -> AsyncIterator[Platform]:
+    """The shared platform, with quick retries and few attempts."""
+    quick = with_settings(
+        platform, events_max_attempts=3, events_backoff_s=0.01, events_backoff_max_s=0.05
+    )
+    yield quick
+    await quick.close()
+
+
+async def ledger_tenant(platform: Platform, *, watch: bool = True) -> TenantRecord:
+    modules = ["fx_ledger", "fx_ledger_watch"] if watch else ["fx_ledger"]
+    return await create_tenant(platform, unique_slug("ledger"), modules=modules)
+
+
+async def add(platform: Platform, tenant: TenantRecord, label: str) -> uuid.UUID:
+    async with platform.db.tenant(tenant.scope) as session:
+        return await add_entry(session, label)
+
+
+@contextlib.contextmanager
+def nudge_lost(platform: Platform) -> Iterator[None]:
+    """Commits inside publish without a nudge, as when the broker lost it."""
+    platform.db.on_published = None
+    try:
+        yield
+    finally:
+        platform.db.on_published = platform.nudge
+
+
+async def drain(platform: Platform) -> None:
+    assert isinstance(platform.nudge, InProcessNudge)
+    await platform.nudge.drain()
+
+
+async def rows(platform: Platform, tenant: TenantRecord, sql: str, **params: Any) -> list[Any]:
+    async with platform.db.tenant(tenant.scope) as session:
+        return list(await session.execute(text(sql), params))
+
+
+async def effects_of(platform: Platform, tenant: TenantRecord, entry: uuid.UUID) -> int:
+    found = await rows(
+        platform, tenant, "select count(*) from ledger_effects where entry_id = :e", e=entry
+    )
+    return int(found[0][0])
+
+
+async def indexed(platform: Platform, tenant: TenantRecord) -> bool:
+    async with platform.db.engine.connect() as conn:
+        found = await conn.scalar(
+            text("select count(*) from platform.event_tenants where tenant_id = :t"),
+            {"t": tenant.id},
+        )
+    return bool(found)
+
+
+async def test_an_event_exists_only_if_the_publishing_transaction_commits(events):
+    tenant = await ledger_tenant(events)
+    session = events.db.tenant_session(tenant.scope)
+    async with session:
+        await add_entry(session, "never")
+        await session.rollback()
+    assert await rows(events, tenant, "select * from _outbox") == []
+    assert not await indexed(events, tenant)
+
+    entry = await add(events, tenant, "kept")
+    await drain(events)
+    outbox = await rows(events, tenant, "select name, version, payload from _outbox")
+    assert [(r.name, r.version, r.payload["entry_id"]) for r in outbox] == [
+        ("fx_ledger.entry_added", 1, str(entry))
+    ]
+    assert await effects_of(events, tenant, entry) == 1
+    delivery = await rows(events, tenant, "select subscriber, state, attempts from _deliveries")
+    assert [tuple(d) for d in delivery] == [("fx_ledger_watch", "done", 1)]
+    # Nothing left to do: the tenant left the sweep's index.
+    assert not await indexed(events, tenant)
+
+
+async def test_a_redelivered_event_changes_nothing_twice(events):
+    tenant = await ledger_tenant(events)
+    entry = await add(events, tenant, "once")
+    await drain(events)
+    # As if the worker died after committing but before the broker heard of it.
+    await rows(events, tenant, "update _deliveries set state = 'pending' returning id")
+    report = await deliver(events, tenant.id)
+    assert report.delivered == 1
+    assert await effects_of(events, tenant, entry) == 1
+    inbox = await rows(events, tenant, "select subscriber from _inbox")
+    assert [r.subscriber for r in inbox] == ["fx_ledger_watch"]
+
+
+async def test_a_lost_worker_costs_an_attempt_and_its_lease_is_taken_over(events):
+    tenant = await ledger_tenant(events)
+    with nudge_lost(events):  # we play the worker that dies
+        entry = await add(events, tenant, "orphan")
+    # A first worker fans out and claims, then "dies" (its lease simply runs out).
+    await deliver(events, tenant.id, budget_s=0)
+    await rows(
+        events,
+        tenant,
+        "update _deliveries set state = 'running', attempts = 1, "
+        "lease_until = now() - interval '1 second' returning id",
+    )
+    await rows(events, tenant, "delete from _inbox returning 1")
+    await rows(events, tenant, "delete from ledger_effects returning 1")
+    report = await deliver(events, tenant.id)
+    assert report.delivered == 1
+    state = await rows(events, tenant, "select state, attempts from _deliveries")
+    assert [tuple(s) for s in state] == [("done", 2)]
+    assert await effects_of(events, tenant, entry) == 1
+
+    # Lost on its last attempt too: dead-lettered as such, never run a fourth time.
+    await rows(
+        events,
+        tenant,
+        "update _deliveries set state = 'running', attempts = 3, "
+        "lease_until = now() - interval '1 second' returning id",
+    )
+    await deliver(events, tenant.id)
+    state = await rows(events, tenant, "select state, last_error from _deliveries")
+    assert state[0].state == "dead" and "worker was lost" in state[0].last_error
+
+
+async def test_a_failing_subscriber_is_retried_then_dead_lettered_and_replayed_after_a_fix(
+    events,
+):
+    tenant = await ledger_tenant(events)
+    entry = await add(events, tenant, "poison pill")
+    for _ in range(50):  # retries are due after a few milliseconds of backoff
+        await drain(events)
+        await deliver(events, tenant.id)
+        if (await rows(events, tenant, "select state from _deliveries"))[0].state == "dead":
+            break
+        await asyncio.sleep(0.02)
+    delivery = (await rows(events, tenant, "select * from _deliveries"))[0]
+    assert delivery.state == "dead" and delivery.attempts == 3
+    assert "cannot process poison pill" in delivery.last_error
+    assert await effects_of(events, tenant, entry) == 0
+
+    letters = [d for d in await dead_letters(events) if d["tenant"] == tenant.slug]
+    assert [(d["event"], d["subscriber"], d["attempts"]) for d in letters] == [
+        ("fx_ledger.entry_added", "fx_ledger_watch", 3)
+    ]
+    assert (await pipeline_stats(events))["deliveries"]["dead"] >= 1
+
+    # Replaying before the fix fails again; after it, the effect happens exactly once.
+    await rows(events, tenant, "insert into ledger_fixes values (:e) returning 1", e=entry)
+    assert await retry_dead(events, [letters[0]["id"]]) == [tenant.id]
+    assert await indexed(events, tenant)
+    await deliver(events, tenant.id)
+    assert await effects_of(events, tenant, entry) == 1
+    assert [d for d in await dead_letters(events) if d["tenant"] == tenant.slug] == []
+    with pytest.raises(Exception, match="no dead letter with id"):
+        await retry_dead(events, [letters[0]["id"]])
+
+
+async def test_uninstalling_a_subscriber_drops_its_pending_deliveries(events):
+    tenant = await ledger_tenant(events)
+    with nudge_lost(events):
+        await add(events, tenant, "pending")
+    await deliver(events, tenant.id, budget_s=0)  # fanned out (and delivered, budget aside)
+    await rows(events, tenant, "update _deliveries set state = 'pending' returning 1")
+    job = await run_job(events, "lifecycle.uninstall", tenant, module="fx_ledger_watch")
+    assert job.state == "succeeded", job.error
+    assert await rows(events, tenant, "select * from _deliveries") == []
+
+    # Published while it is not installed: nobody to deliver to, nothing fanned out to it.
+    await add(events, tenant, "after")
+    await drain(events)
+    assert await rows(events, tenant, "select * from _deliveries") == []
+    assert [tuple(r) for r in await rows(events, tenant, "select count(*) from _outbox")] == [(2,)]
+
+
+async def test_events_stay_in_their_tenant(events):
+    a, b = await ledger_tenant(events), await ledger_tenant(events)
+    entry = await add(events, a, "only a")
+    await drain(events)
+    assert await effects_of(events, a, entry) == 1
+    assert await rows(events, b, "select * from _outbox") == []
+    assert await rows(events, b, "select * from ledger_effects") == []
+    # B's role cannot even name A's outbox.
+    with pytest.raises(DBAPIError, match="permission denied"):
+        await rows(events, b, f'select * from "{a.schema_name}"._outbox')
+    # Replaying dead letters of B touches nothing of A.
+    assert await retry_dead(events, None, tenant_id=b.id) == []
+
+
+async def test_the_sweep_reads_only_tenants_that_are_due(events):
+    quiet, busy = await ledger_tenant(events), await ledger_tenant(events)
+    with nudge_lost(events):
+        await add(events, busy, "swept")
+    sent: list[uuid.UUID] = []
+    # Within the grace period the nudge is trusted; after it, the sweep sends.
+    await sweep(events, sent.append)
+    assert busy.id not in sent
+    async with events.db.engine.begin() as conn:
+        await conn.execute(
+            text("update platform.event_tenants set due_at = now() where tenant_id = :t"),
+            {"t": busy.id},
+        )
+    await sweep(events, sent.append)
+    assert busy.id in sent and quiet.id not in sent
+    # Sent once per lease, not once per tick.
+    again: list[uuid.UUID] = []
+    await sweep(events, again.append)
+    assert busy.id not in again
+    await deliver(events, busy.id)
+    assert not await indexed(events, busy)
+
+
+def test_a_module_cannot_publish_under_another_modules_name():
+    class Stolen(Event):
+        event_name: ClassVar[str] = "fx_ledger.entry_removed"
+
+    class Thief(Module):
+        manifest = Manifest(
+            name="fx_thief",
+            version="1.0.0",
+            summary="publishes under fx_ledger's name",
+            author="t",
+            license="MIT",
+            category="other",
+            core=">=0.1,<1",
+        )
+        events = (Stolen,)
+
+    registry = Registry.from_classes([Thief])
+    assert "fx_thief" not in registry
+    reason = registry.quarantined["fx_thief"].reason
+    assert "belongs to module 'fx_ledger'" in reason and "fx_thief.entry_removed" in reason
+
+
+def test_backoff_grows_exponentially_with_jitter_and_a_cap():
+    delays = [backoff_s(n, 1.0, 30.0) for n in range(1, 8)]
+    for n, delay in enumerate(delays, start=1):
+        capped = min(30.0, 2.0 ** (n - 1))
+        assert capped / 2 <= delay <= capped
+    assert len({backoff_s(3, 1.0, 30.0) for _ in range(20)}) > 1  # jittered
+
+
+def test_the_breaker_opens_on_failure_and_closes_after_its_cooldown():
+    now = [100.0]
+    breaker = CircuitBreaker(10.0, clock=lambda: now[0])
+    assert not breaker.open
+    breaker.failed()
+    assert breaker.open
+    now[0] += 9.9
+    assert breaker.open
+    now[0] += 0.2
+    assert not breaker.open
+
+
+async def test_a_dead_broker_neither_fails_nor_holds_a_commit(platform):
+    # A broker address nothing answers (connects hang until the timeout, or fail at once).
+    dead = with_settings(
+        platform,
+        redis_url="redis://10.255.255.1:6379/0",
+        events_relay="celery",
+        events_nudge_timeout_s=1,
+    )
+    try:
+        assert isinstance(dead.nudge, CeleryNudge)
+        tenant = await ledger_tenant(platform)
+        started = time.monotonic()
+        async with dead.db.tenant(tenant.scope) as session:
+            await add_entry(session, "broker down")
+        committed_in = time.monotonic() - started
+        deadline = time.monotonic() + 10
+        while not dead.nudge.breaker.open:
+            assert time.monotonic() < deadline, "the nudge never failed"
+            await asyncio.sleep(0.02)
+        # The commit returned without waiting for the broker's failure...
+        assert committed_in < dead.settings.events_nudge_timeout_s
+        # ...and while the breaker is open, commits do not even try.
+        async with dead.db.tenant(tenant.scope) as session:
+            await add_entry(session, "still down")
+        assert dead.nudge._in_flight == 0
+        # The events are safe in the outbox; a pass delivers them.
+        await deliver(platform, tenant.id)
+        assert len(await rows(platform, tenant, "select * from ledger_effects")) == 2
+    finally:
+        await dead.close()
