@@ -61,7 +61,9 @@ async def list_items(
     q: Annotated[str | None, Query(max_length=100, description="Code or name contains")] = None,
     category: str | None = None,
     vat_type: VatType | None = None,
-    active: bool | None = True,
+    active: Annotated[
+        bool | None, Query(description="Only active (true) or retired (false)")
+    ] = None,
     sort: Sort = "code",
 ) -> PageOf[ItemOut]:
     page = await service.list_items(
