@@ -32,10 +32,12 @@ from dentalpin.platform import (
     Page,
     PreconditionFailed,
     fetch_page,
+    publish,
     sort_order,
     update_versioned,
 )
 
+from .events import STATUS_EVENTS, AppointmentBooked, AppointmentEvent, AppointmentRescheduled
 from .models import (
     FREEING_STATUSES,
     appointment_items,
@@ -556,6 +558,34 @@ async def _check_place(
     await _active_professional(session, professional_id)
 
 
+async def _announce(
+    session: AsyncSession,
+    event: type[AppointmentEvent],
+    appointment_id: uuid.UUID,
+    actor: uuid.UUID | None,
+    **extra: Any,
+) -> None:
+    """Publish `event` about the appointment as it is now, in the caller's transaction."""
+    row = (
+        await session.execute(select(appointments).where(appointments.c.id == appointment_id))
+    ).one()
+    await publish(
+        session,
+        event(
+            appointment_id=row.id,
+            patient_id=row.patient_id,
+            professional_id=row.professional_id,
+            cabinet_id=row.cabinet_id,
+            location_id=row.location_id,
+            starts_at=row.starts_at,
+            ends_at=row.ends_at,
+            status=row.status,
+            changed_by=actor,
+            **extra,
+        ),
+    )
+
+
 async def book(
     session: AsyncSession, scope: Scope, actor: uuid.UUID | None, data: AppointmentIn
 ) -> uuid.UUID:
@@ -585,6 +615,7 @@ async def book(
     await _write_treatments(session, row.id, data.treatments)
     await _record(session, row.id, None, "scheduled", actor)
     appointment_id: uuid.UUID = row.id
+    await _announce(session, AppointmentBooked, appointment_id, actor)
     return appointment_id
 
 
@@ -610,14 +641,6 @@ def _check_version(row: Any, version: int) -> None:
         )
 
 
-@dataclass(frozen=True)
-class Moved:
-    """What an edit changed, for the events it publishes."""
-
-    rescheduled: bool
-    before: Any
-
-
 async def edit(
     session: AsyncSession,
     scope: Scope,
@@ -625,9 +648,10 @@ async def edit(
     appointment_id: uuid.UUID,
     version: int,
     data: AppointmentPatch,
-) -> Moved:
+) -> bool:
     """Move an appointment (time, professional, cabinet, location) or change its
-    treatments or notes. A new start without a new end keeps the length."""
+    treatments or notes; returns whether it moved. A new start without a new end keeps
+    the length."""
     current = await _locked(session, scope, appointment_id)
     _check_version(current, version)
     changes = data.model_dump(exclude_unset=True)
@@ -669,7 +693,16 @@ async def edit(
     await _no_double_booking(session, statement, place, appointment_id)
     if changes.get("treatments") is not None:
         await _write_treatments(session, appointment_id, changes["treatments"])
-    return Moved(rescheduled=moved, before=current)
+    if moved:
+        await _announce(
+            session,
+            AppointmentRescheduled,
+            appointment_id,
+            actor,
+            previous_starts_at=current.starts_at,
+            previous_ends_at=current.ends_at,
+        )
+    return moved
 
 
 async def transition(
@@ -696,6 +729,14 @@ async def transition(
     )
     await _record(session, appointment_id, current.status, to_status, actor, reason)
     from_status: str = current.status
+    await _announce(
+        session,
+        STATUS_EVENTS[to_status],
+        appointment_id,
+        actor,
+        from_status=from_status,
+        reason=reason,
+    )
     return from_status
 
 

@@ -163,32 +163,42 @@ async def test_started_appointments_cannot_move(world: World):
 
 
 async def test_the_list_pages_filters_and_sorts(world: World):
+    """Its own three appointments, early in the day where no other test books."""
+    window = {"starts_from": at("07:00"), "starts_before": at("08:30")}
     async with world.http() as http:
         headers = world.tokens["receptionist"]
+        early = [await _book(http, world, start) for start in ("07:00", "07:30", "08:00")]
+        assert (await _to(http, world, early[1], "confirmed")).status_code == 200
+        assert (await _to(http, world, early[2], "checked_in")).status_code == 200
         first = await http.get(
-            APPOINTMENTS, params={"limit": 2, "sort": "-starts_at"}, headers=headers
+            APPOINTMENTS, params={**window, "limit": 2, "sort": "-starts_at"}, headers=headers
         )
         assert first.status_code == 200, first.text
         page = first.json()
-        assert page["limit"] == 2 and page["offset"] == 0 and len(page["items"]) == 2
-        assert page["total"] >= 5
-        everything = await http.get(APPOINTMENTS, params={"limit": 200}, headers=headers)
-        starts = [a["starts_at"] for a in everything.json()["items"]]
-        assert starts == sorted(starts)
-        assert [a["starts_at"] for a in page["items"]] == starts[::-1][:2]
-        assert everything.json()["total"] == len(starts)
-        completed = await http.get(
-            APPOINTMENTS, params={"status": ["completed", "checked_in"]}, headers=headers
-        )
-        assert {a["status"] for a in completed.json()["items"]} == {"completed", "checked_in"}
-        window = await http.get(
+        assert (page["total"], page["limit"], page["offset"]) == (3, 2, 0)
+        assert [a["id"] for a in page["items"]] == [early[2]["id"], early[1]["id"]]
+        rest = await http.get(
             APPOINTMENTS,
-            params={"starts_from": at("16:00"), "starts_before": at("18:00")},
+            params={**window, "limit": 2, "offset": 2, "sort": "-starts_at"},
             headers=headers,
         )
-        assert all(
-            "T15:" in a["starts_at"] or "T16:" in a["starts_at"] for a in window.json()["items"]
+        assert [a["id"] for a in rest.json()["items"]] == [early[0]["id"]]
+        everything = await http.get(APPOINTMENTS, params={"limit": 200}, headers=headers)
+        starts = [a["starts_at"] for a in everything.json()["items"]]
+        assert starts == sorted(starts) and everything.json()["total"] == len(starts)
+        chosen = await http.get(
+            APPOINTMENTS,
+            params={**window, "status": ["confirmed", "checked_in"]},
+            headers=headers,
         )
-        assert window.json()["total"] >= 1
+        assert sorted(a["id"] for a in chosen.json()["items"]) == sorted(
+            [early[1]["id"], early[2]["id"]]
+        )
+        mine = await http.get(
+            APPOINTMENTS,
+            params={**window, "professional_id": str(world.pros["hygienist"])},
+            headers=headers,
+        )
+        assert mine.json()["total"] == 0
         bad = await http.get(APPOINTMENTS, params={"sort": "patient_name"}, headers=headers)
         assert bad.status_code == 422 and "Sort by one of" in bad.json()["detail"]
