@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from dentalpin.platform import LifecycleContext, Manifest, Module
 
+from .events import PatientArchived, PatientCreated, PatientUpdated
 from .models import metadata
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ class PatientsModule(Module):
         navigation=({"label": "Patients", "path": "/patients", "permission": "patient.read"},),
     )
     metadata = metadata
+    events = (PatientCreated, PatientUpdated, PatientArchived)
 
     def router(self) -> APIRouter:
         from .routes import router

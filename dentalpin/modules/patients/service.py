@@ -22,11 +22,13 @@ from dentalpin.platform import (
     UninstallVeto,
     conflicts_as,
     fetch_page,
+    publish,
     sort_order,
     update_versioned,
 )
 
 from . import documents
+from .events import PatientArchived, PatientCreated, PatientUpdated
 from .models import alerts, consents, patients
 
 ADULT_AGE = 18
@@ -208,6 +210,7 @@ async def create_patient(session: AsyncSession, values: Mapping[str, Any]) -> Ro
             .mappings()
             .one()
         )
+    await publish(session, PatientCreated(patient_id=row["id"], number=row["number"]))
     return row
 
 
@@ -220,9 +223,13 @@ async def update_patient(
     await _guardian(session, merged, today())
     checked = {k: merged[k] for k in changes}
     async with conflicts_as(session, _duplicate_document(merged)):
-        return await update_versioned(
+        row = await update_versioned(
             session, patients, patient_id, expected_version, checked, what="patient"
         )
+    changed = sorted(k for k in checked if checked[k] != current[k])
+    if changed:
+        await publish(session, PatientUpdated(patient_id=patient_id, fields=changed))
+    return row
 
 
 async def set_archived(
@@ -232,7 +239,7 @@ async def set_archived(
     if (current["archived_at"] is not None) == archived:
         state = "archived" if archived else "active"
         raise Conflict(f"Patient {current['number']} is already {state}.")
-    return await update_versioned(
+    row = await update_versioned(
         session,
         patients,
         patient_id,
@@ -240,6 +247,13 @@ async def set_archived(
         {"archived_at": func.now() if archived else None},
         what="patient",
     )
+    event = (
+        PatientArchived(patient_id=patient_id)
+        if archived
+        else PatientUpdated(patient_id=patient_id, fields=["archived_at"])
+    )
+    await publish(session, event)
+    return row
 
 
 # Alerts ----------------------------------------------------------------------------------
