@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from dentalpin.platform import LifecycleContext, Manifest, Module
+from dentalpin.platform import Handler, LifecycleContext, Manifest, Module
 
 from .models import metadata
 
@@ -36,6 +36,11 @@ class OdontogramModule(Module):
         navigation=({"label": "Odontogram", "path": "/odontogram", "permission": "chart.read"},),
     )
     metadata = metadata
+
+    def subscriptions(self) -> dict[str, Handler]:
+        from .service import on_item_completed
+
+        return {"treatment_plans.item_completed": on_item_completed}
 
     def router(self) -> APIRouter:
         from .routes import router

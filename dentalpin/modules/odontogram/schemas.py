@@ -96,3 +96,19 @@ class NotationOut(BaseModel):
     surface_conditions: list[Condition]
     whole_tooth_conditions: list[Condition]
     surface_aliases: dict[str, str]
+
+
+class PlanItemCompleted(BaseModel):
+    """What the odontogram reads from `treatment_plans.item_completed` (version 1): its own
+    view of the publisher's payload, since it cannot import treatment_plans."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    item_id: uuid.UUID
+    patient_id: uuid.UUID
+    catalog_item_id: uuid.UUID
+    teeth: list[int]
+    surfaces: list[str]
+    chart_condition: Condition | None
+    completed_at: datetime
+    completed_by: uuid.UUID | None

@@ -15,7 +15,15 @@ from sqlalchemy.orm import aliased
 
 from dentalpin.modules.catalog.models import items as catalog_items
 from dentalpin.modules.patients.models import patients
-from dentalpin.platform import Conflict, InvalidInput, NotFound, PageOf, fetch_page, sort_order
+from dentalpin.platform import (
+    Conflict,
+    EventContext,
+    InvalidInput,
+    NotFound,
+    PageOf,
+    fetch_page,
+    sort_order,
+)
 
 from .fdi import (
     CONDITIONS,
@@ -32,6 +40,7 @@ from .schemas import (
     ChartOut,
     EntryIn,
     EntryOut,
+    PlanItemCompleted,
     ToothCondition,
     ToothOut,
     ToothTreatment,
@@ -185,42 +194,37 @@ async def record_entry(
     return EntryOut.model_validate({**row._mapping, "superseded_by": None})
 
 
-async def record_plan_treatment(
-    db: AsyncSession,
-    *,
-    patient_id: uuid.UUID,
-    item_id: uuid.UUID,
-    catalog_item_id: uuid.UUID,
-    teeth: Sequence[int],
-    surfaces: Sequence[str],
-    condition: str | None,
-    occurred_at: datetime,
-    recorded_by: uuid.UUID | None,
-) -> int:
-    """Chart a treatment-plan item performed on `teeth`: one treatment entry per tooth.
-    Returns how many entries it wrote (none for an item without teeth, e.g. a cleaning)."""
+async def on_item_completed(ctx: EventContext) -> None:
+    """Subscriber of `treatment_plans.item_completed`: chart the item performed, one
+    treatment entry per tooth (none for a whole-mouth item such as a cleaning). The
+    platform's inbox runs this once per event, however often it is delivered."""
+    if ctx.version != 1:
+        raise ValueError(
+            f"{ctx.name} version {ctx.version} is newer than this odontogram understands (1): "
+            "upgrade the odontogram module, then replay the dead letter"
+        )
+    done = ctx.parse(PlanItemCompleted)
     rows = []
-    for tooth in teeth:
-        chosen = check_surfaces(tooth, surfaces)
-        if condition is not None:
-            check_condition(condition, tooth, chosen)
+    for tooth in done.teeth:
+        chosen = check_surfaces(tooth, done.surfaces)
+        if done.chart_condition is not None:
+            check_condition(done.chart_condition, tooth, chosen)
         rows.append(
             {
-                "patient_id": patient_id,
+                "patient_id": done.patient_id,
                 "kind": "treatment",
                 "tooth": tooth,
                 "surfaces": chosen,
-                "condition": condition,
-                "catalog_item_id": catalog_item_id,
+                "condition": done.chart_condition,
+                "catalog_item_id": done.catalog_item_id,
                 "source": "treatment_plan",
-                "source_ref": item_id,
-                "occurred_at": occurred_at,
-                "recorded_by": recorded_by,
+                "source_ref": done.item_id,
+                "occurred_at": done.completed_at,
+                "recorded_by": done.completed_by,
             }
         )
     if rows:
-        await db.execute(entries.insert(), rows)
-    return len(rows)
+        await ctx.session.execute(entries.insert(), rows)
 
 
 async def history(

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from dentalpin.platform import LifecycleContext, Manifest, Module
 
+from .events import EVENTS
 from .models import metadata
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ class TreatmentPlansModule(Module):
         ),
     )
     metadata = metadata
+    events = EVENTS
 
     def router(self) -> APIRouter:
         from .routes import router

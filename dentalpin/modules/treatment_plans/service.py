@@ -4,6 +4,7 @@ odontogram through the `treatment_plans.item_completed` event)."""
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
@@ -24,10 +25,12 @@ from dentalpin.platform import (
     PageOf,
     PreconditionFailed,
     fetch_page,
+    publish,
     sort_order,
     update_versioned,
 )
 
+from .events import ItemCompleted, PlanStatusChanged, QuoteIssued
 from .models import acceptances, items, plans, quotes
 from .schemas import (
     AcceptanceOut,
@@ -296,6 +299,21 @@ async def _touch_plan(db: AsyncSession, plan_id: uuid.UUID, **values: Any) -> No
     )
 
 
+async def _move(db: AsyncSession, plan: Mapping[str, Any], to: str, **values: Any) -> None:
+    """Change the plan's status (already checked against the flow) and say so."""
+    await _touch_plan(db, plan["id"], status=to, **values)
+    await _announce(db, plan, plan["status"], to)
+
+
+async def _announce(db: AsyncSession, plan: Mapping[str, Any], before: str, to: str) -> None:
+    await publish(
+        db,
+        PlanStatusChanged(
+            plan_id=plan["id"], patient_id=plan["patient_id"], from_status=before, to_status=to
+        ),
+    )
+
+
 def _check_chart_fields(
     teeth: Sequence[int], surfaces: Sequence[str], condition: str | None
 ) -> tuple[list[int], list[str]]:
@@ -498,7 +516,17 @@ async def propose(
         )
         .returning(quotes.c.id)
     )
-    await _touch_plan(db, plan_id, status="proposed", proposed_at=func.now())
+    await _move(db, plan, "proposed", proposed_at=func.now())
+    await publish(
+        db,
+        QuoteIssued(
+            plan_id=plan_id,
+            patient_id=plan["patient_id"],
+            quote_id=quote_id,
+            number=number,
+            total=sums["total"],
+        ),
+    )
     return await get_quote(db, quote_id, clinical=True)
 
 
@@ -530,7 +558,7 @@ async def revise(db: AsyncSession, plan_id: uuid.UUID) -> PlanOut:
     """proposed -> draft: the patient wants changes; the quote issued stays on record."""
     plan = await _lock_plan(db, plan_id)
     _check_transition(plan, "draft")
-    await _touch_plan(db, plan_id, status="draft")
+    await _move(db, plan, "draft")
     return await get_plan(db, plan_id)
 
 
@@ -577,7 +605,7 @@ async def accept(
             recorded_by=recorded_by,
         )
     )
-    await _touch_plan(db, plan_id, status="accepted", accepted_at=accepted_at)
+    await _move(db, plan, "accepted", accepted_at=accepted_at)
     return await get_plan(db, plan_id)
 
 
@@ -585,14 +613,14 @@ async def close(db: AsyncSession, plan_id: uuid.UUID, to: str, reason: str | Non
     """-> rejected or cancelled (closed: nothing changes it any more)."""
     plan = await _lock_plan(db, plan_id)
     _check_transition(plan, to)
-    await _touch_plan(db, plan_id, status=to, closed_at=func.now(), close_reason=reason)
+    await _move(db, plan, to, closed_at=func.now(), close_reason=reason)
     return await get_plan(db, plan_id)
 
 
 async def start(db: AsyncSession, plan_id: uuid.UUID) -> PlanOut:
     plan = await _lock_plan(db, plan_id)
     _check_transition(plan, "in_progress")
-    await _touch_plan(db, plan_id, status="in_progress", started_at=func.now())
+    await _move(db, plan, "in_progress", started_at=func.now())
     return await get_plan(db, plan_id)
 
 
@@ -609,7 +637,7 @@ async def complete(db: AsyncSession, plan_id: uuid.UUID) -> PlanOut:
     pending = await _pending_items(db, plan_id)
     if pending:
         raise Conflict(f"{pending} item(s) are still pending: complete or cancel them first")
-    await _touch_plan(db, plan_id, status="completed", completed_at=func.now())
+    await _move(db, plan, "completed", completed_at=func.now())
     return await get_plan(db, plan_id)
 
 
@@ -639,6 +667,20 @@ async def complete_item(
             updated_at=func.now(),
         )
     )
+    await publish(
+        db,
+        ItemCompleted(
+            plan_id=plan_id,
+            item_id=item_id,
+            patient_id=plan["patient_id"],
+            catalog_item_id=item.catalog_item_id,
+            teeth=item.teeth,
+            surfaces=item.surfaces,
+            chart_condition=item.chart_condition,
+            completed_at=when,
+            completed_by=by,
+        ),
+    )
     await _advance_after_item(db, plan)
     return await _item(db, plan_id, item_id)
 
@@ -664,11 +706,13 @@ async def _advance_after_item(
 ) -> None:
     """Move the plan along the flow after an item changed: work started, or all done."""
     values: dict[str, Any] = {}
-    status = plan["status"]
-    if started and status == "accepted":
-        status = values["status"] = "in_progress"
+    steps = [plan["status"]]
+    if started and steps[-1] == "accepted":
+        steps.append("in_progress")
         values["started_at"] = func.now()
-    if status == "in_progress" and not await _pending_items(db, plan["id"]):
-        values["status"] = "completed"
+    if steps[-1] == "in_progress" and not await _pending_items(db, plan["id"]):
+        steps.append("completed")
         values["completed_at"] = func.now()
-    await _touch_plan(db, plan["id"], **values)
+    await _touch_plan(db, plan["id"], status=steps[-1], **values)
+    for before, to in itertools.pairwise(steps):
+        await _announce(db, plan, before, to)

@@ -8,7 +8,9 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
+from dentalpin.platform._relay import deliver
 from tests.modules.odontogram.clinic import PLANS, Clinic, make_clinic
 
 
@@ -395,3 +397,87 @@ async def test_another_clinic_cannot_reach_a_plan(platform, clinic):
             await http.get(f"{PLANS}/plans/{plan['id']}", headers=clinic.as_("dentist"))
         ).json()
         assert again["status"] == "proposed" and again["title"] == plan["title"]
+
+
+async def tenant_rows(clinic: Clinic, sql: str) -> list[Any]:
+    async with clinic.platform.db.tenant(clinic.tenant.scope) as s:
+        return list(await s.execute(text(sql)))
+
+
+async def test_completed_items_are_charted_once_on_the_odontogram(clinic):
+    async with clinic.http() as http:
+        caries = await clinic.entry(
+            http, kind="condition", tooth=36, surfaces=["O", "D"], condition="caries"
+        )
+        assert caries.status_code == 201
+        plan = await new_plan(clinic, http)
+        filling, crown = plan["items"]
+        await act(clinic, http, plan, "propose")
+        await act(clinic, http, plan, "accept", **ACCEPT)
+        done = await http.post(
+            f"{PLANS}/plans/{plan['id']}/items/{filling['id']}/complete",
+            json={},
+            headers=clinic.as_("dentist"),
+        )
+        assert done.status_code == 200
+        await clinic.platform.nudge.drain()
+
+        chart = (await http.get(f"{clinic.chart()}/chart", headers=clinic.as_("dentist"))).json()
+        teeth = {t["tooth"]: t for t in chart["teeth"]}
+        assert set(teeth) == {36, 37}  # the crown on 46 is not done yet
+        assert {c["condition"]: c["surfaces"] for c in teeth[36]["conditions"]} == {
+            "caries": ["distal"],
+            "filling": ["mesial", "occlusal"],
+        }
+        history = (
+            await http.get(
+                f"{clinic.chart()}/history",
+                params={"kind": "treatment"},
+                headers=clinic.as_("dentist"),
+            )
+        ).json()
+        assert {(e["tooth"], e["source"], e["source_ref"]) for e in history["items"]} == {
+            (36, "treatment_plan", filling["id"]),
+            (37, "treatment_plan", filling["id"]),
+        }
+        assert {e["recorded_by"] for e in history["items"]} == {str(clinic.users["dentist"])}
+        assert {e["occurred_at"] for e in history["items"]} == {done.json()["completed_at"]}
+
+    # As if the worker died after committing but before the broker heard of it: the
+    # delivery runs again, the inbox keeps the chart from getting the entries twice.
+    await tenant_rows(clinic, "update _deliveries set state = 'pending' returning id")
+    report = await deliver(clinic.platform, clinic.tenant.id)
+    assert report.delivered >= 1
+    count = await tenant_rows(
+        clinic, "select count(*) from odontogram_entries where source_ref is not null"
+    )
+    assert count[0][0] == 2
+
+
+async def test_the_plan_announces_what_happens_to_it(clinic):
+    async with clinic.http() as http:
+        plan = await new_plan(clinic, http)
+        await act(clinic, http, plan, "propose")
+        await act(clinic, http, plan, "accept", **ACCEPT)
+        for item in plan["items"]:
+            await http.post(
+                f"{PLANS}/plans/{plan['id']}/items/{item['id']}/complete",
+                json={},
+                headers=clinic.as_("dentist"),
+            )
+    outbox = await tenant_rows(clinic, "select name, payload from _outbox order by seq")
+    moves = [
+        (p["from_status"], p["to_status"])
+        for n, p in outbox
+        if n == "treatment_plans.plan_status_changed"
+    ]
+    assert moves == [
+        ("draft", "proposed"),
+        ("proposed", "accepted"),
+        ("accepted", "in_progress"),
+        ("in_progress", "completed"),
+    ]
+    quotes = [p for n, p in outbox if n == "treatment_plans.quote_issued"]
+    assert [(q["number"], q["total"]) for q in quotes] == [(1, "481.89")]
+    completed = [p for n, p in outbox if n == "treatment_plans.item_completed"]
+    assert [c["teeth"] for c in completed] == [[36, 37], [46]]
