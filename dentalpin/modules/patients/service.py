@@ -107,7 +107,12 @@ async def search_patients(
         statement = statement.where(*(_contains(t) for t in terms))
     if sort is None and terms:
         folded = func.f_unaccent(func.lower(literal(" ".join(terms))))
-        order = [func.similarity(patients.c.search, folded).desc(), patients.c.id]
+        # Whole-word matches first ("jose" before "josefa"), then overall closeness.
+        order = [
+            func.word_similarity(folded, patients.c.search).desc(),
+            func.similarity(patients.c.search, folded).desc(),
+            patients.c.id,
+        ]
     else:
         order = sort_order(sort or DEFAULT_SORT, PATIENT_SORTS, patients.c.id)
     return await fetch_page(session, statement.order_by(*order), limit=limit, offset=offset)
