@@ -156,7 +156,9 @@ async def test_a_member_of_a_never_reaches_b(platform, world: World, case: Case,
             assert world.marker not in own.text
             allowed = BUILTIN_ROLE_GRANTS(platform, world.a)[role]
             if set(case.permissions) <= allowed:
-                assert own.status_code < 400 or own.status_code == 422, (host, own.text)
+                # 422: the matrix's placeholder body and ids; 428: an edit of a versioned
+                # row without If-Match. Both are about the request, past the permission.
+                assert own.status_code < 400 or own.status_code in (422, 428), (host, own.text)
             else:
                 assert own.status_code == 403, (host, own.text)
 
