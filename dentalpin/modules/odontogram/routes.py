@@ -37,9 +37,9 @@ async def notation() -> NotationOut:
             ToothInfo(tooth=t, dentition=dentition(t), surfaces=list(surfaces_of(t)))
             for t in PERMANENT_TEETH + DECIDUOUS_TEETH
         ],
-        conditions=list(CONDITIONS),  # type: ignore[arg-type]
-        surface_conditions=[c for c in CONDITIONS if c in SURFACE_CONDITIONS],  # type: ignore[misc]
-        whole_tooth_conditions=[c for c in CONDITIONS if c in WHOLE_TOOTH_CONDITIONS],  # type: ignore[misc]
+        conditions=list(CONDITIONS),
+        surface_conditions=[c for c in CONDITIONS if c in SURFACE_CONDITIONS],
+        whole_tooth_conditions=[c for c in CONDITIONS if c in WHOLE_TOOTH_CONDITIONS],
         surface_aliases=SURFACE_ALIASES,
     )
 

@@ -203,7 +203,7 @@ async def on_item_completed(ctx: EventContext) -> None:
             f"{ctx.name} version {ctx.version} is newer than this odontogram understands (1): "
             "upgrade the odontogram module, then replay the dead letter"
         )
-    done = ctx.parse(PlanItemCompleted)
+    done = PlanItemCompleted.model_validate(ctx.payload)
     rows = []
     for tooth in done.teeth:
         chosen = check_surfaces(tooth, done.surfaces)
@@ -344,7 +344,7 @@ def _tooth_out(number: int, tooth: _Tooth) -> ToothOut:
     order = surfaces_of(number)
     conditions = [
         ToothCondition(
-            condition=name,  # type: ignore[arg-type]  # a name from CONDITIONS
+            condition=name,
             surfaces=[] if mark.whole else [s for s in order if s in mark.surfaces],
             entry_ids=mark.entry_ids,
         )

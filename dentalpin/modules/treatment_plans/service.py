@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -122,7 +122,9 @@ def _now_or(value: datetime | None, what: str) -> datetime:
 
 
 async def _summary_row(db: AsyncSession, plan_id: uuid.UUID) -> RowMapping:
-    row = (await db.execute(_summaries().where(plans.c.id == plan_id))).mappings().one_or_none()
+    row: RowMapping | None = (
+        (await db.execute(_summaries().where(plans.c.id == plan_id))).mappings().one_or_none()
+    )
     if row is None:
         raise NotFound(f"no treatment plan {plan_id} in this clinic")
     return row
@@ -181,7 +183,7 @@ async def get_plan(db: AsyncSession, plan_id: uuid.UUID) -> PlanOut:
     )
 
 
-def quote_out(row: Mapping[str, Any], *, clinical: bool) -> QuoteOut:
+def quote_out(row: RowMapping, *, clinical: bool) -> QuoteOut:
     """A quote from its snapshot; readers without clinical access get no teeth/surfaces."""
     snapshot = row["snapshot"]
     lines = [
@@ -269,7 +271,7 @@ async def _lock_plan(db: AsyncSession, plan_id: uuid.UUID) -> RowMapping:
     return row
 
 
-def _require_status(plan: Mapping[str, Any], allowed: set[str], doing: str) -> None:
+def _require_status(plan: RowMapping, allowed: set[str], doing: str) -> None:
     if plan["status"] not in allowed:
         hint = ""
         if plan["status"] == "proposed" and "draft" in allowed:
@@ -280,7 +282,7 @@ def _require_status(plan: Mapping[str, Any], allowed: set[str], doing: str) -> N
         )
 
 
-def _check_transition(plan: Mapping[str, Any], to: str) -> None:
+def _check_transition(plan: RowMapping, to: str) -> None:
     allowed = TRANSITIONS[plan["status"]]
     if to not in allowed:
         choices = ", ".join(sorted(allowed)) or "nothing: it is closed"
@@ -299,13 +301,13 @@ async def _touch_plan(db: AsyncSession, plan_id: uuid.UUID, **values: Any) -> No
     )
 
 
-async def _move(db: AsyncSession, plan: Mapping[str, Any], to: str, **values: Any) -> None:
+async def _move(db: AsyncSession, plan: RowMapping, to: str, **values: Any) -> None:
     """Change the plan's status (already checked against the flow) and say so."""
     await _touch_plan(db, plan["id"], status=to, **values)
     await _announce(db, plan, plan["status"], to)
 
 
-async def _announce(db: AsyncSession, plan: Mapping[str, Any], before: str, to: str) -> None:
+async def _announce(db: AsyncSession, plan: RowMapping, before: str, to: str) -> None:
     await publish(
         db,
         PlanStatusChanged(
@@ -701,9 +703,7 @@ async def cancel_item(db: AsyncSession, plan_id: uuid.UUID, item_id: uuid.UUID) 
     return await _item(db, plan_id, item_id)
 
 
-async def _advance_after_item(
-    db: AsyncSession, plan: Mapping[str, Any], *, started: bool = True
-) -> None:
+async def _advance_after_item(db: AsyncSession, plan: RowMapping, *, started: bool = True) -> None:
     """Move the plan along the flow after an item changed: work started, or all done."""
     values: dict[str, Any] = {}
     steps = [plan["status"]]
