@@ -17,7 +17,7 @@ from sqlalchemy import text
 
 from dentalpin.platform import Registry
 from dentalpin.platform._runtime import Platform
-from dentalpin.tenants import create_tenant, module_heads
+from dentalpin.tenants import create_tenant, find_tenant, module_heads
 
 JOB_QUEUED = re.compile(r"job ([0-9a-f-]{36}) \(([a-z.]+)\) queued")
 
@@ -377,6 +377,24 @@ async def test_demo_clinic_comes_with_a_working_login(cli: Cli, fresh_platform: 
     first = cli("demo")
     assert "created demo clinic 'demo'" in first.stdout
     assert "recepcion@demo.dentalpin.test" in first.stdout
+    # Every installed module added its sample data, dependencies first.
+    assert "locations demo: 2 locations" in first.stdout
+    assert "patients demo: 300 patients" in first.stdout
+    async with fresh_platform.db.engine.connect() as conn:
+        demo = await find_tenant(conn, "demo")
+    async with fresh_platform.db.tenant(demo.scope) as s:
+        counts = (
+            await s.execute(
+                text(
+                    "select (select count(*) from locations_locations),"
+                    " (select count(*) from locations_cabinets),"
+                    " (select count(*) from catalog_items),"
+                    " (select count(*) from patients_patients),"
+                    " (select count(*) from patients_patients where guardian_patient_id is not null)"
+                )
+            )
+        ).one()
+    assert tuple(counts) == (2, 5, 25, 300, 40)
     assert "already exists" in cli("demo").stdout  # idempotent: `up` runs it every time
 
     transport = httpx.ASGITransport(app=create_app(fresh_platform))
