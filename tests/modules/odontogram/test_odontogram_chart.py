@@ -277,6 +277,16 @@ async def test_the_log_is_append_only_in_the_database(clinic, platform):
                 await conn.execute(text(statement))
     async with platform.db.tenant(clinic.tenant.scope) as s:
         assert await s.scalar(text("select tooth from odontogram_entries")) == 11
+    # A correction can only supersede an entry of the same patient, whoever inserts it.
+    with pytest.raises(DBAPIError, match="belongs to another patient"):
+        async with platform.db.tenant(clinic.tenant.scope) as s:
+            await s.execute(
+                text(
+                    "insert into odontogram_entries (patient_id, kind, tooth, supersedes_id) "
+                    "select :other, 'void', tooth, id from odontogram_entries"
+                ),
+                {"other": clinic.other_patient},
+            )
 
 
 @pytest.mark.parametrize(

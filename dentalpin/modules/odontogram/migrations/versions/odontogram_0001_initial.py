@@ -34,6 +34,21 @@ begin
 end
 $$
 """
+SAME_PATIENT = """
+create function odontogram_entries_same_patient() returns trigger language plpgsql as $$
+begin
+    if new.supersedes_id is not null and not exists (
+        select 1 from odontogram_entries
+        where id = new.supersedes_id and patient_id = new.patient_id
+    ) then
+        raise exception 'entry % belongs to another patient', new.supersedes_id
+            using errcode = 'foreign_key_violation',
+                  hint = 'a correction supersedes an entry of the same patient';
+    end if;
+    return new;
+end
+$$
+"""
 
 
 def upgrade() -> None:
@@ -99,6 +114,12 @@ def upgrade() -> None:
         "create trigger odontogram_entries_no_change before update or delete "
         "on odontogram_entries for each row execute function odontogram_entries_append_only()"
     )
+    op.execute(SAME_PATIENT)
+    op.execute(
+        "create trigger odontogram_entries_supersede_own before insert on odontogram_entries "
+        "for each row when (new.supersedes_id is not null) "
+        "execute function odontogram_entries_same_patient()"
+    )
     op.execute(
         "create trigger odontogram_entries_no_truncate before truncate "
         "on odontogram_entries for each statement "
@@ -109,3 +130,4 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("odontogram_entries")  # its triggers go with it
     op.execute("drop function odontogram_entries_append_only()")
+    op.execute("drop function odontogram_entries_same_patient()")
