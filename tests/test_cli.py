@@ -381,6 +381,7 @@ async def test_demo_clinic_comes_with_a_working_login(cli: Cli, fresh_platform: 
     assert "locations demo: 2 locations" in first.stdout
     assert "patients demo: 300 patients" in first.stdout
     assert "agenda demo: 5 professionals" in first.stdout  # one per cabinet, a week booked
+    assert "odontogram demo:" in first.stdout and "treatment plans demo: 24 plans" in first.stdout
     async with fresh_platform.db.engine.connect() as conn:
         demo = await find_tenant(conn, "demo")
     async with fresh_platform.db.tenant(demo.scope) as s:

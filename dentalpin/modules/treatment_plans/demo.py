@@ -45,7 +45,9 @@ async def _catalog(session: AsyncSession, pattern: str) -> uuid.UUID | None:
     found: uuid.UUID | None = await session.scalar(
         select(catalog_items.c.id)
         .where(catalog_items.c.active, catalog_items.c.name.ilike(pattern))
-        .order_by(catalog_items.c.code)
+        # Of the demo catalog's variants, the last code fits these teeth (OBT2: two surfaces,
+        # ENDO3: molars, EXOCIR: wisdom teeth, CORZR: a natural tooth's crown).
+        .order_by(catalog_items.c.code.desc())
         .limit(1)
     )
     return found
