@@ -295,6 +295,9 @@ async def run(tenants: int, requests: int, concurrency: int, blocks: int) -> dic
         }
     finally:
         if platform is not None:
+            drain = getattr(platform.nudge, "drain", None)
+            if drain is not None:  # in-process event deliveries still under way
+                await drain()
             await platform.close()
         await db.drop()
         shutil.rmtree(data_dir, ignore_errors=True)
