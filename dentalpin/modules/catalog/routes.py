@@ -122,10 +122,19 @@ async def list_vat_types() -> list[VatTypeOut]:
 
 @router.get("/price-lists", dependencies=READ)
 async def list_price_lists(
-    db: TenantDB, paging: Paging, location_id: uuid.UUID | None = None, sort: Sort = "name"
+    db: TenantDB,
+    principal: CurrentPrincipal,
+    paging: Paging,
+    location_id: uuid.UUID | None = None,
+    sort: Sort = "name",
 ) -> PageOf[PriceListOut]:
     page = await service.list_price_lists(
-        db, location_id=location_id, sort=sort, limit=paging.limit, offset=paging.offset
+        db,
+        principal.location_ids,
+        location_id=location_id,
+        sort=sort,
+        limit=paging.limit,
+        offset=paging.offset,
     )
     return PageOf[PriceListOut].of(page)
 
@@ -140,9 +149,10 @@ async def create_price_list(
 
 @router.get("/price-lists/{price_list_id}", dependencies=READ)
 async def get_price_list(
-    price_list_id: uuid.UUID, db: TenantDB, response: Response
+    price_list_id: uuid.UUID, db: TenantDB, principal: CurrentPrincipal, response: Response
 ) -> PriceListOut:
-    return _price_list(await service.get_price_list(db, price_list_id), response)
+    row = await service.get_price_list(db, price_list_id, principal.location_ids)
+    return _price_list(row, response)
 
 
 @router.patch("/price-lists/{price_list_id}", dependencies=PRICES)
@@ -162,25 +172,39 @@ async def update_price_list(
 
 @router.get("/price-lists/{price_list_id}/prices", dependencies=READ)
 async def list_prices(
-    price_list_id: uuid.UUID, db: TenantDB, paging: Paging, sort: Sort = "code"
+    price_list_id: uuid.UUID,
+    db: TenantDB,
+    principal: CurrentPrincipal,
+    paging: Paging,
+    sort: Sort = "code",
 ) -> PageOf[PriceOut]:
     page = await service.list_prices(
-        db, price_list_id, sort=sort, limit=paging.limit, offset=paging.offset
+        db,
+        price_list_id,
+        principal.location_ids,
+        sort=sort,
+        limit=paging.limit,
+        offset=paging.offset,
     )
     return PageOf[PriceOut].of(page)
 
 
 @router.put("/price-lists/{price_list_id}/prices/{item_id}", dependencies=PRICES)
 async def set_price(
-    price_list_id: uuid.UUID, item_id: uuid.UUID, body: PriceIn, db: TenantDB
+    price_list_id: uuid.UUID,
+    item_id: uuid.UUID,
+    body: PriceIn,
+    db: TenantDB,
+    principal: CurrentPrincipal,
 ) -> PriceOut:
-    return PriceOut.model_validate(
-        dict(await service.set_price(db, price_list_id, item_id, body.price))
-    )
+    row = await service.set_price(db, price_list_id, item_id, body.price, principal.location_ids)
+    return PriceOut.model_validate(dict(row))
 
 
 @router.delete(
     "/price-lists/{price_list_id}/prices/{item_id}", status_code=204, dependencies=PRICES
 )
-async def remove_price(price_list_id: uuid.UUID, item_id: uuid.UUID, db: TenantDB) -> None:
-    await service.remove_price(db, price_list_id, item_id)
+async def remove_price(
+    price_list_id: uuid.UUID, item_id: uuid.UUID, db: TenantDB, principal: CurrentPrincipal
+) -> None:
+    await service.remove_price(db, price_list_id, item_id, principal.location_ids)

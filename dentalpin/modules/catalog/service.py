@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dentalpin.modules.locations.service import get_location
 from dentalpin.platform import (
+    Forbidden,
     NotFound,
     Page,
     conflicts_as,
@@ -134,27 +135,45 @@ async def _check_location(
         await get_location(session, location_id, location_ids)
 
 
+def _visible_lists(location_ids: Sequence[str]) -> list[ColumnElement[bool]]:
+    """A member limited to some locations sees their lists and the clinic-wide ones."""
+    if not location_ids:
+        return []
+    allowed = [uuid.UUID(i) for i in location_ids]
+    return [or_(price_lists.c.location_id.is_(None), price_lists.c.location_id.in_(allowed))]
+
+
+def _check_writable(row: RowMapping, location_ids: Sequence[str]) -> None:
+    if location_ids and row["location_id"] is None:
+        raise Forbidden(
+            "This price list applies to every location; only a member with access to every "
+            "location may change it."
+        )
+
+
 async def list_price_lists(
     session: AsyncSession,
+    location_ids: Sequence[str],
     *,
     location_id: uuid.UUID | None,
     sort: str,
     limit: int,
     offset: int,
 ) -> Page:
-    statement = select(price_lists)
+    statement = select(price_lists).where(*_visible_lists(location_ids))
     if location_id is not None:
         statement = statement.where(price_lists.c.location_id == location_id)
     statement = statement.order_by(*sort_order(sort, PRICE_LIST_SORTS, price_lists.c.id))
     return await fetch_page(session, statement, limit=limit, offset=offset)
 
 
-async def get_price_list(session: AsyncSession, price_list_id: uuid.UUID) -> RowMapping:
-    row = (
-        (await session.execute(select(price_lists).where(price_lists.c.id == price_list_id)))
-        .mappings()
-        .first()
+async def get_price_list(
+    session: AsyncSession, price_list_id: uuid.UUID, location_ids: Sequence[str]
+) -> RowMapping:
+    query = select(price_lists).where(
+        price_lists.c.id == price_list_id, *_visible_lists(location_ids)
     )
+    row = (await session.execute(query)).mappings().first()
     if row is None:
         raise NotFound(f"No price list with id {price_list_id}.")
     return row
@@ -180,6 +199,7 @@ async def update_price_list(
     changes: Mapping[str, Any],
     location_ids: Sequence[str],
 ) -> RowMapping:
+    _check_writable(await get_price_list(session, price_list_id, location_ids), location_ids)
     await _check_location(session, changes.get("location_id"), location_ids)
     async with conflicts_as(session, _duplicate_list(changes.get("location_id"))):
         return await update_versioned(
@@ -200,9 +220,15 @@ def _price_rows() -> Select[Any]:
 
 
 async def list_prices(
-    session: AsyncSession, price_list_id: uuid.UUID, *, sort: str, limit: int, offset: int
+    session: AsyncSession,
+    price_list_id: uuid.UUID,
+    location_ids: Sequence[str],
+    *,
+    sort: str,
+    limit: int,
+    offset: int,
 ) -> Page:
-    await get_price_list(session, price_list_id)
+    await get_price_list(session, price_list_id, location_ids)
     statement = (
         _price_rows()
         .where(prices.c.price_list_id == price_list_id)
@@ -212,10 +238,14 @@ async def list_prices(
 
 
 async def set_price(
-    session: AsyncSession, price_list_id: uuid.UUID, item_id: uuid.UUID, price: Decimal
+    session: AsyncSession,
+    price_list_id: uuid.UUID,
+    item_id: uuid.UUID,
+    price: Decimal,
+    location_ids: Sequence[str],
 ) -> RowMapping:
     """Set (or change) the price a list gives a treatment."""
-    await get_price_list(session, price_list_id)
+    _check_writable(await get_price_list(session, price_list_id, location_ids), location_ids)
     await get_item(session, item_id)
     statement = pg_insert(prices).values(price_list_id=price_list_id, item_id=item_id, price=price)
     await session.execute(
@@ -230,7 +260,13 @@ async def set_price(
     return (await session.execute(query)).mappings().one()
 
 
-async def remove_price(session: AsyncSession, price_list_id: uuid.UUID, item_id: uuid.UUID) -> None:
+async def remove_price(
+    session: AsyncSession,
+    price_list_id: uuid.UUID,
+    item_id: uuid.UUID,
+    location_ids: Sequence[str],
+) -> None:
+    _check_writable(await get_price_list(session, price_list_id, location_ids), location_ids)
     deleted = await session.execute(
         prices.delete().where(prices.c.price_list_id == price_list_id, prices.c.item_id == item_id)
     )

@@ -266,3 +266,58 @@ async def test_uninstall_then_restore_keeps_items_lists_and_prices(platform):
     assert job.state == "succeeded", job.error
     async with platform.db.tenant(clinic.tenant.scope) as s:
         assert await s.scalar(select(prices.c.price)) == Decimal("380.00")
+
+
+async def test_a_member_limited_to_one_location_manages_only_its_price_list(platform):
+    clinic = await open_clinic(platform, ["catalog"], "cat-limit")
+    admin = clinic.as_("admin")
+    async with clinic.http() as http:
+        home = await _default_location(http, clinic)
+        north = (await http.post(LOCATIONS, json={"name": "Norte"}, headers=admin)).json()["id"]
+        item = (
+            await http.post(f"{API}/items", json={"code": "L1", "name": "Limpieza"}, headers=admin)
+        ).json()
+        home_list = (
+            await http.post(
+                f"{API}/price-lists", json={"name": "Centro", "location_id": home}, headers=admin
+            )
+        ).json()
+        tariff = (
+            await http.post(f"{API}/price-lists", json={"name": "Mutua"}, headers=admin)
+        ).json()
+        await clinic.member("north_admin", ["admin"], (north,))
+        limited = clinic.as_("north_admin")
+
+        seen = (await http.get(f"{API}/price-lists", headers=limited)).json()
+        assert [p["name"] for p in seen["items"]] == ["Mutua"]  # clinic-wide lists stay visible
+        problem(await http.get(f"{API}/price-lists/{home_list['id']}", headers=limited), 404)
+        problem(
+            await http.put(
+                f"{API}/price-lists/{home_list['id']}/prices/{item['id']}",
+                json={"price": "1"},
+                headers=limited,
+            ),
+            404,
+        )
+        problem(
+            await http.post(
+                f"{API}/price-lists", json={"name": "X", "location_id": home}, headers=limited
+            ),
+            404,
+        )
+        wide = await http.put(
+            f"{API}/price-lists/{tariff['id']}/prices/{item['id']}",
+            json={"price": "1"},
+            headers=limited,
+        )
+        assert "every location" in problem(wide, 403)["detail"]
+        own = await http.post(
+            f"{API}/price-lists", json={"name": "Norte", "location_id": north}, headers=limited
+        )
+        assert own.status_code == 201, own.text
+        priced = await http.put(
+            f"{API}/price-lists/{own.json()['id']}/prices/{item['id']}",
+            json={"price": "9.90"},
+            headers=limited,
+        )
+        assert priced.status_code == 200, priced.text
