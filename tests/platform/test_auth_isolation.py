@@ -119,12 +119,20 @@ async def world(platform) -> World:
             text("insert into people (name, kind, email) values (:n, 'patient', :e)"),
             {"n": marker, "e": f"{marker}@example.es"},
         )
-        person = (await s.execute(text("select max(id) from people"))).scalar()
+        patient = (
+            await s.execute(
+                text(
+                    "insert into patients_patients (given_name, family_name, email) "
+                    "values (:n, :n, :e) returning id"
+                ),
+                {"n": marker, "e": f"{marker}@example.es"},
+            )
+        ).scalar()
         await s.execute(
             text(
-                "insert into recall_reminders (person_id, due_on, channel) values (:p, now(), :c)"
+                "insert into recall_reminders (patient_id, due_on, channel) values (:p, now(), :c)"
             ),
-            {"p": person, "c": marker},
+            {"p": patient, "c": marker},
         )
     # B has members too, so their e-mails could leak.
     b_admin = await make_user(platform, email=f"{marker}-admin@example.es")
