@@ -22,6 +22,7 @@ class CatalogModule(Module):
         license="BUSL-1.1",
         category="financial",
         core=">=0.1,<1",
+        auto_install=True,
         depends={"locations": ">=1.0,<2"},
         permissions={
             "item.read": "See treatments, categories and prices",

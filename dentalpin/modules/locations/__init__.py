@@ -22,6 +22,7 @@ class LocationsModule(Module):
         license="BUSL-1.1",
         category="administrative",
         core=">=0.1,<1",
+        auto_install=True,
         permissions={
             "location.read": "See the clinic's locations and cabinets",
             "location.write": "Create, edit and archive locations and cabinets",

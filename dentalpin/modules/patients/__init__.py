@@ -23,6 +23,7 @@ class PatientsModule(Module):
         license="BUSL-1.1",
         category="clinical",
         core=">=0.1,<1",
+        auto_install=True,
         requires_extensions=("pg_trgm", "unaccent"),
         removable=True,
         permissions={
