@@ -13,6 +13,7 @@ from dentalpin.platform import (
     Forbidden,
     IfMatch,
     InvalidInput,
+    PageOf,
     Paging,
     Principal,
     TenantDB,
@@ -26,7 +27,6 @@ from .schemas import (
     AppointmentOut,
     AppointmentPatch,
     HoursIn,
-    Page,
     ProfessionalIn,
     ProfessionalOut,
     ProfessionalPatch,
@@ -60,7 +60,7 @@ def may_see_notes(principal: Principal) -> bool:
 # ---------------------------------------------------------------------------- professionals
 
 
-@router.get("/professionals", dependencies=[STAFF_READ], response_model=Page[ProfessionalOut])
+@router.get("/professionals", dependencies=[STAFF_READ], response_model=PageOf[ProfessionalOut])
 async def list_professionals(
     db: TenantDB,
     paging: Paging,
@@ -139,7 +139,7 @@ async def set_hours(
 @router.get(
     "/appointments",
     dependencies=[READ],
-    response_model=Page[AppointmentOut],
+    response_model=PageOf[AppointmentOut],
     response_model_exclude_unset=True,
 )
 async def list_appointments(

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from datetime import date, datetime, time
-from typing import Generic, Literal, TypeVar
+from datetime import datetime, time
+from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
@@ -136,26 +136,6 @@ class Slot(BaseModel):
     cabinet_id: uuid.UUID
 
 
-class SlotQuery(BaseModel):
-    location_id: uuid.UUID
-    date_from: date
-    date_to: date
-    duration_minutes: int
-    professional_id: uuid.UUID | None = None
-    step_minutes: int = 15
-    limit: int = 50
-
-
 class SlotsOut(BaseModel):
     duration_minutes: int
     items: list[Slot]
-
-
-T = TypeVar("T")
-
-
-class Page(BaseModel, Generic[T]):
-    items: list[T]
-    total: int
-    limit: int
-    offset: int
