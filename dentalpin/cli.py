@@ -288,11 +288,36 @@ def demo(slug: str = typer.Option("demo", help="Slug of the demo clinic.")) -> N
         if slug in existing:
             out.print(f"demo clinic '{escape(slug)}' already exists")
             return
-        tenant = await create_tenant(platform, slug, "Clínica Dental Demo")
+        modules = [m for m in DEMO_MODULES if m in platform.registry.names]
+        tenant = await create_tenant(platform, slug, "Clínica Dental Demo", modules=modules)
         out.print(f"created demo clinic '{tenant.slug}' (schema {tenant.schema_name})")
         await _demo_user(platform, tenant)
+        await _demo_data(platform, tenant)
 
     run(go)
+
+
+DEMO_MODULES = ("locations", "catalog", "patients", "agenda", "odontogram", "treatment_plans")
+"""What the demo clinic installs (those available), besides the auto-install modules."""
+
+
+async def _demo_data(platform: Platform, tenant: TenantRecord) -> None:
+    """Each installed module's sample data, dependencies first, one transaction each."""
+    from dentalpin.platform import LifecycleContext
+
+    async with platform.db.engine.connect() as conn:
+        states = await module_states(conn, tenant.id)
+
+    async def log(line: str) -> None:
+        out.print(f"  {escape(line)}")
+
+    for spec in platform.registry:
+        state = states.get(spec.name, {})
+        if state.get("state") != "installed":
+            continue
+        async with platform.db.tenant(tenant.scope) as session:
+            ctx = LifecycleContext(tenant.ref, session, dict(state.get("settings") or {}), log)
+            await spec.module.demo(ctx)
 
 
 DEMO_EMAIL = "recepcion@demo.dentalpin.test"

@@ -29,3 +29,7 @@ def test_wheel_ships_the_platform_migrations_and_the_console_script(tmp_path):
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "dentalpin = dentalpin.cli:main" in text
+    # Built-in modules ship their revisions and are registered like third-party ones.
+    for module in ("locations", "catalog", "patients"):
+        assert f"dentalpin/modules/{module}/migrations/versions/{module}_0001_initial.py" in names
+        assert f"{module} = dentalpin.modules.{module}:" in text

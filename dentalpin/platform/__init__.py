@@ -8,9 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 from ._errors import (
     Conflict,
+    Forbidden,
     InvalidInput,
     NotFound,
     PlatformError,
+    PreconditionFailed,
+    PreconditionRequired,
     UninstallVeto,
     UnknownModule,
 )
@@ -25,10 +28,23 @@ from ._module import (
 )
 from ._periodic import Periodic, PeriodicContext
 from ._registry import Registry
+from ._rows import (
+    Page,
+    PageOf,
+    PatchBody,
+    conflicts_as,
+    etag,
+    fetch_page,
+    sort_order,
+    update_versioned,
+)
 
 if TYPE_CHECKING:
     from ._http import (
         CurrentPrincipal,
+        IfMatch,
+        PageParams,
+        Paging,
         Principal,
         Tenant,
         TenantDB,
@@ -37,7 +53,17 @@ if TYPE_CHECKING:
     )
 
 _HTTP_NAMES = frozenset(
-    {"CurrentPrincipal", "Principal", "Tenant", "TenantDB", "public", "require_permission"}
+    {
+        "CurrentPrincipal",
+        "IfMatch",
+        "PageParams",
+        "Paging",
+        "Principal",
+        "Tenant",
+        "TenantDB",
+        "public",
+        "require_permission",
+    }
 )
 
 
@@ -57,16 +83,25 @@ __all__ = [
     "CurrentPrincipal",
     "Event",
     "EventContext",
+    "Forbidden",
     "Handler",
+    "IfMatch",
     "InvalidInput",
     "LifecycleContext",
     "Manifest",
     "Module",
     "NavEntry",
     "NotFound",
+    "Page",
+    "PageOf",
+    "PageParams",
+    "Paging",
+    "PatchBody",
     "Periodic",
     "PeriodicContext",
     "PlatformError",
+    "PreconditionFailed",
+    "PreconditionRequired",
     "Principal",
     "Registry",
     "Tenant",
@@ -74,8 +109,13 @@ __all__ = [
     "TenantRef",
     "UninstallVeto",
     "UnknownModule",
+    "conflicts_as",
+    "etag",
+    "fetch_page",
     "module_metadata",
     "public",
     "publish",
     "require_permission",
+    "sort_order",
+    "update_versioned",
 ]

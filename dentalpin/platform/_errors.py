@@ -46,6 +46,20 @@ class InvalidInput(PlatformError):
     problem = "invalid-input"
 
 
+class PreconditionFailed(PlatformError):
+    """The row changed since the client read it (its `If-Match` version is stale)."""
+
+    status = 412
+    problem = "precondition-failed"
+
+
+class PreconditionRequired(PlatformError):
+    """A change to a versioned row came without `If-Match`."""
+
+    status = 428
+    problem = "precondition-required"
+
+
 class Unavailable(PlatformError):
     status = 503
     problem = "unavailable"

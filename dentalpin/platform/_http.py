@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Query, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ._audit import record
@@ -24,6 +24,7 @@ from ._db import TenantScope
 from ._errors import Forbidden, NotFound, Unauthenticated
 from ._module import TenantRef
 from ._request_id import audit_context
+from ._rows import parse_if_match
 from ._runtime import Platform
 from ._tokens import AccessClaims, verify_access_token
 from ._websession import ACCESS_COOKIE, check_csrf
@@ -331,3 +332,26 @@ def public() -> Any:
 Tenant = Annotated[TenantRef, Depends(get_tenant)]
 TenantDB = Annotated[AsyncSession, Depends(get_tenant_session)]
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+
+
+def _if_match(if_match: Annotated[str | None, Header(alias="If-Match")] = None) -> int:
+    return parse_if_match(if_match)
+
+
+@dataclass(frozen=True)
+class PageParams:
+    limit: int
+    offset: int
+
+
+def _page_params(
+    limit: Annotated[int, Query(ge=1, le=200, description="Rows per page")] = 50,
+    offset: Annotated[int, Query(ge=0, description="Rows to skip")] = 0,
+) -> PageParams:
+    return PageParams(limit=limit, offset=offset)
+
+
+IfMatch = Annotated[int, Depends(_if_match)]
+"""The row version a PATCH/PUT expects (`If-Match: "<version>"`); 428 when it is missing."""
+Paging = Annotated[PageParams, Depends(_page_params)]
+"""`limit` (1-200, default 50) and `offset` query parameters of a list route."""

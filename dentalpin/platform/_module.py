@@ -105,6 +105,9 @@ class Module:
     async def on_uninstall(self, ctx: LifecycleContext) -> None:
         """Called inside the uninstall transaction, before the tables are dropped."""
 
+    async def demo(self, ctx: LifecycleContext) -> None:
+        """Sample data for the demo clinic (`dentalpin demo` / `dentalpin up`), after install."""
+
     @classmethod
     def package_dir(cls) -> Path:
         return Path(inspect.getfile(cls)).resolve().parent

@@ -66,7 +66,7 @@ async def dump_tables(raw: asyncpg.Connection, schema: str, tables: list[str]) -
             r["attname"]
             for r in await raw.fetch(
                 "select attname from pg_attribute where attrelid = $1::regclass and attnum > 0 "
-                "and not attisdropped order by attnum",
+                "and not attisdropped and attgenerated = '' order by attnum",
                 f'"{schema}"."{table}"',
             )
         ]

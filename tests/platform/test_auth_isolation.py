@@ -128,12 +128,20 @@ async def world(platform) -> World:
             text("insert into people (name, kind, email) values (:n, 'patient', :e)"),
             {"n": marker, "e": f"{marker}@example.es"},
         )
-        person = (await s.execute(text("select max(id) from people"))).scalar()
+        patient = (
+            await s.execute(
+                text(
+                    "insert into patients_patients (given_name, family_name, email) "
+                    "values (:n, :n, :e) returning id"
+                ),
+                {"n": marker, "e": f"{marker}@example.es"},
+            )
+        ).scalar()
         await s.execute(
             text(
-                "insert into recall_reminders (person_id, due_on, channel) values (:p, now(), :c)"
+                "insert into recall_reminders (patient_id, due_on, channel) values (:p, now(), :c)"
             ),
-            {"p": person, "c": marker},
+            {"p": patient, "c": marker},
         )
     # B has members too, so their e-mails could leak.
     b_admin = await make_user(platform, email=f"{marker}-admin@example.es")
@@ -165,7 +173,9 @@ async def test_a_member_of_a_never_reaches_b(platform, world: World, case: Case,
             assert world.marker not in own.text
             allowed = BUILTIN_ROLE_GRANTS(platform, world.a)[role]
             if set(case.permissions) <= allowed:
-                assert own.status_code < 400 or own.status_code == 422, (host, own.text)
+                # 422: the matrix's placeholder body and ids; 428: an edit of a versioned
+                # row without If-Match. Both are about the request, past the permission.
+                assert own.status_code < 400 or own.status_code in (422, 428), (host, own.text)
             else:
                 assert own.status_code == 403, (host, own.text)
 

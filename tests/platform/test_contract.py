@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import itertools
 import re
 import secrets
 import sys
@@ -37,6 +38,7 @@ from fastapi.dependencies.models import Dependant
 from sqlalchemy import (
     JSON,
     Boolean,
+    CheckConstraint,
     Column,
     Connection,
     Date,
@@ -69,6 +71,7 @@ from dentalpin.platform._tables import archives
 from dentalpin.tenants import (
     TenantRecord,
     create_tenant,
+    dry_run_uninstall,
     lineages,
     lint_lineage,
     load_lineage,
@@ -836,14 +839,45 @@ def tables_of(state: dict[str, Any], module: str) -> list[str]:
     )
 
 
+def allowed_values(table: Table, column: Column[Any]) -> list[str]:
+    """The values a `CHECK (column in (...))` constraint allows (PostgreSQL shows it as
+    `column = ANY (ARRAY['a'::text, ...])`); empty when no such constraint exists."""
+    pattern = re.compile(rf"^\(*{re.escape(column.name)} = ANY \(\(?ARRAY\[(.*)\]")
+    for constraint in table.constraints:
+        if isinstance(constraint, CheckConstraint):
+            found = pattern.match(str(constraint.sqltext))
+            if found:
+                return re.findall(r"'((?:[^']|'')*)'", found.group(1))
+    return []
+
+
+def integer_bounds(table: Table, column: Column[Any]) -> tuple[int, int] | None:
+    """The range a `CHECK (column between a and b)` constraint allows (reflected as
+    `column >= a AND column <= b`); None when no such constraint exists."""
+    name = re.escape(column.name)
+    pattern = re.compile(rf"^\(*{name} >= (-?\d+)\)? AND \(?{name} <= (-?\d+)\)*$")
+    for constraint in table.constraints:
+        if isinstance(constraint, CheckConstraint):
+            found = pattern.match(str(constraint.sqltext))
+            if found:
+                return int(found.group(1)), int(found.group(2))
+    return None
+
+
 def generated_value(table: Table, column: Column[Any], index: int) -> Any:
-    """A deterministic value for a column, from its reflected type."""
+    """A deterministic value for a column, from its reflected type and CHECK constraints."""
+    allowed = allowed_values(table, column)
+    if allowed:
+        return allowed[index % len(allowed)]
     kind = column.type
     if isinstance(kind, Enum):
         return kind.enums[index % len(kind.enums)]
     if isinstance(kind, Boolean):
         return False  # the neutral value: flags such as a legal hold stay off
     if isinstance(kind, Integer):
+        bounds = integer_bounds(table, column)
+        if bounds:
+            return bounds[0] + index % (bounds[1] - bounds[0] + 1)
         return index + 1
     if isinstance(kind, Numeric):
         return Decimal(index) + Decimal("0.5") if kind.asdecimal else index + 0.5
@@ -851,13 +885,16 @@ def generated_value(table: Table, column: Column[Any], index: int) -> Any:
         return index + 0.5
     if isinstance(kind, String | Text):
         return f"{table.name}.{column.name} #{index}"
+    # Later columns get later moments, so a start column comes before its end column
+    # (tables may check `ends_at > starts_at`).
+    later = list(table.columns).index(column)
     if isinstance(kind, DateTime):
-        moment = datetime(2024, 3, 1, 9, 0) + timedelta(hours=index)
+        moment = datetime(2024, 3, 1, 9, 0) + timedelta(hours=index, minutes=later)
         return moment.replace(tzinfo=UTC) if kind.timezone else moment
     if isinstance(kind, Date):
         return date(2024, 3, 1) + timedelta(days=index)
     if isinstance(kind, Time):
-        return time(9, index % 60)
+        return time(9 + later % 12, index % 60)
     if isinstance(kind, Interval):
         return timedelta(minutes=15 * (index + 1))
     if isinstance(kind, Uuid):
@@ -872,20 +909,45 @@ def generated_value(table: Table, column: Column[Any], index: int) -> Any:
     )
 
 
+def _targets(conn: Connection, column: Column[Any]) -> list[Any]:
+    """The values a foreign-key column may take (its target table gets rows if it has none)."""
+    target = next(iter(column.foreign_keys)).column
+    existing = conn.execute(select(target).order_by(target)).scalars().all()
+    if not existing:
+        _fill(conn, target.table, 3)
+        existing = conn.execute(select(target).order_by(target)).scalars().all()
+    return list(existing)
+
+
+def _unused_link(conn: Connection, table: Table) -> dict[str, Any]:
+    """For an association table (a primary key made of foreign keys, such as a price per
+    list and item): the first combination of targets it does not hold yet."""
+    keys = list(table.primary_key.columns)
+    taken = {tuple(r) for r in conn.execute(select(*keys))}
+    for combination in itertools.product(*(_targets(conn, c) for c in keys)):
+        if combination not in taken:
+            return {c.name: v for c, v in zip(keys, combination, strict=True)}
+    raise AssertionError(f"{table.name}: every combination of its foreign keys is taken")
+
+
 def _fill(conn: Connection, table: Table, rows: int, start: int = 0) -> list[dict[str, Any]]:
     """Insert `rows` generated rows; columns with a default keep it (sequences advance)."""
+    keys = list(table.primary_key.columns)
+    links = len(keys) > 1 and all(c.foreign_keys for c in keys)
     inserted = []
     for index in range(start, start + rows):
-        values: dict[str, Any] = {}
+        values: dict[str, Any] = _unused_link(conn, table) if links else {}
         for column in table.columns:
+            if column.name in values:
+                continue
             if column.server_default is not None or column.identity is not None:
                 continue
             if column.foreign_keys:
-                target = next(iter(column.foreign_keys)).column
-                existing = conn.execute(select(target).order_by(target)).scalars().all()
-                if not existing:
-                    _fill(conn, target.table, 3)
-                    existing = conn.execute(select(target).order_by(target)).scalars().all()
+                if column.nullable:
+                    # Optional references stay empty: a guardian (a self-reference), a price
+                    # list's location (one list per location)...
+                    continue
+                existing = _targets(conn, column)
                 values[column.name] = existing[index % len(existing)]
                 continue
             values[column.name] = generated_value(table, column, index)
@@ -966,9 +1028,10 @@ async def serial_columns(
         return [(r.table_name, r.column_name) for r in rows]
 
 
-async def picture_without(platform: Platform, module: str) -> dict[str, Any]:
+async def picture_without(platform: Platform, module: str, installed: list[str]) -> dict[str, Any]:
     """The schema of a tenant that never had `module`: built by a platform whose registry
-    lacks the module and its dependents, with the module's dependencies installed."""
+    lacks the module and its dependents, with the other `installed` modules (its
+    dependencies, and what auto-install modules pulled in) installed."""
     excluded = {module, *platform.registry.dependents(module, platform.registry.names)}
     twin = Platform(
         settings=platform.settings,
@@ -977,8 +1040,8 @@ async def picture_without(platform: Platform, module: str) -> dict[str, Any]:
             type(s.module) for s in platform.registry if s.name not in excluded
         ),
     )
-    deps = [d for d in platform.registry.closure([module]) if d != module]
-    tenant = await create_tenant(twin, unique_slug("twin"), modules=deps)
+    kept = [m for m in installed if m not in excluded]
+    tenant = await create_tenant(twin, unique_slug("twin"), modules=kept)
     return anonymized(await picture(twin, tenant), tenant)
 
 
@@ -1001,7 +1064,10 @@ async def test_uninstall_round_trip(platform: Platform, name: str) -> None:
     tenant = await create_tenant(platform, unique_slug("rt"), modules=deps)
     preinstalled = (await states_of(platform, tenant)).get(name, {}).get("state") == "installed"
     if preinstalled:
-        before = await picture_without(platform, name)
+        installed_before = [
+            n for n, s in (await states_of(platform, tenant)).items() if s["state"] == "installed"
+        ]
+        before = await picture_without(platform, name, installed_before)
     else:
         before = await picture(platform, tenant)
         await succeed(platform, tenant, "lifecycle.install", {"modules": [name]})
@@ -1014,12 +1080,14 @@ async def test_uninstall_round_trip(platform: Platform, name: str) -> None:
     await write_rows(platform, tenant, tables)
     rows = await read_rows(platform, tenant, tables)
     assert all(rows[t] for t in tables)
-    sequences = await sequences_of(platform, tenant)
     serials = await serial_columns(platform, tenant, tables)
     highest = {(t, c): max(r[c] for r in await _dicts(platform, tenant, t)) for t, c in serials}
 
     installed = [n for n, s in states.items() if s["state"] == "installed"]
     dependents = registry.dependents(name, installed)
+    await release_retained_records(platform, tenant, name, bool(dependents))
+    rows = await read_rows(platform, tenant, tables)
+    sequences = await sequences_of(platform, tenant)
     job = await succeed(
         platform, tenant, "lifecycle.uninstall", {"module": name, "cascade": bool(dependents)}
     )
@@ -1047,10 +1115,27 @@ async def test_uninstall_round_trip(platform: Platform, name: str) -> None:
     for table, column in serials:
         assert added[table][0][column] > highest[(table, column)], (table, column)
 
+    await release_retained_records(platform, tenant, name, bool(dependents))
     await succeed(
         platform, tenant, "lifecycle.uninstall", {"module": name, "cascade": bool(dependents)}
     )
     assert await picture(platform, tenant) == after
+
+
+async def release_retained_records(
+    platform: Platform, tenant: TenantRecord, name: str, cascade: bool
+) -> None:
+    """A module may veto its uninstall while it holds records the law makes it keep
+    (patients: clinical records, kept five years). Check that the generic rows do trip its
+    veto, then empty its tables, as the end of the retention period would, so the round
+    trip can go on. Modules without such a veto are left alone."""
+    plan = await dry_run_uninstall(platform, tenant.slug, name, cascade)
+    if name not in plan.vetoes:
+        return
+    tables = tables_of((await states_of(platform, tenant))[name], name)
+    async with platform.db.engine.begin() as conn:
+        for table in reversed(await tables_in_load_order(conn, tenant.schema_name, tables)):
+            await conn.execute(text(f'delete from "{tenant.schema_name}"."{table}"'))
 
 
 async def _dicts(platform: Platform, tenant: TenantRecord, table: str) -> list[dict[str, Any]]:
@@ -1091,6 +1176,7 @@ async def test_uninstall_and_restore_leave_other_tenants_untouched(
     b_before = await everything_of(platform, b)
     assert b_before["rows"]
 
+    await release_retained_records(platform, a, name, True)
     await succeed(platform, a, "lifecycle.uninstall", {"module": name, "cascade": True})
     assert await everything_of(platform, b) == b_before
     await succeed(platform, a, "lifecycle.restore", {"module": name})
@@ -1103,6 +1189,7 @@ async def test_restore_refuses_another_tenants_archive(platform: Platform, name:
     b = await create_tenant(platform, unique_slug("arc-b"), modules=[name])
     b_tables = tables_of((await states_of(platform, b))[name], name)
     await write_rows(platform, b, b_tables)
+    await release_retained_records(platform, b, name, True)
     b_rows = await read_rows(platform, b, b_tables)
     archive = {}
     for tenant in (a, b):

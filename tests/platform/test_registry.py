@@ -469,7 +469,7 @@ def test_discover_quarantines_every_broken_module_with_its_reason(
         assert name not in registry
     for name in WORKING:
         assert name in registry, registry.quarantined.get(name)
-    assert registry.closure(["recall"]) == ["fx_people", "recall"]
+    assert registry.closure(["recall"]) == ["patients", "recall"]
 
 
 async def test_the_platform_boots_and_records_the_quarantine(

@@ -177,8 +177,11 @@ class Rig:
             await asyncio.sleep(0.05)
 
     async def states(self, tenant: TenantRecord) -> dict[str, str]:
+        """The fixture modules' states (the built-in auto-install modules every tenant gets
+        are not what these tests move)."""
         async with self.platform.db.engine.connect() as conn:
-            return {n: s["state"] for n, s in (await module_states(conn, tenant.id)).items()}
+            states = await module_states(conn, tenant.id)
+        return {n: s["state"] for n, s in states.items() if n.startswith("fx_")}
 
     async def rows(self, tenant: TenantRecord, table: str) -> list[Any]:
         async with self.platform.db.tenant(tenant.scope) as s:

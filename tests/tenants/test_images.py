@@ -87,7 +87,7 @@ async def test_image_and_migrations_provision_identical_tenants(
     imaged = await create_tenant(platform, unique_slug("img"), modules=MODULES)
     migrated = await create_tenant(plain, unique_slug("alembic"), modules=MODULES)
 
-    wanted = {*platform.registry.auto_install(), *MODULES}
+    wanted = set(platform.registry.closure([*platform.registry.auto_install(), *MODULES]))
     assert wanted <= set(_images(platform)), "the image path was not taken"
     assert not _images(plain)
     a, b = await _picture(platform, imaged), await _picture(plain, migrated)

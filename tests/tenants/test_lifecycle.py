@@ -52,15 +52,23 @@ async def test_install_pulls_in_the_missing_dependency_closure(platform, slug):
     assert (await states(platform, tenant))["fx_people"]["state"] == "installed"
     job = await run_job(platform, "lifecycle.uninstall", tenant, module="fx_people", cascade=False)
     assert job.state == "succeeded", job.error
+    job = await run_job(platform, "lifecycle.install", tenant, modules=["fx_visits"])
+    assert job.state == "succeeded", job.error
+    assert job.result == {"installed": ["fx_people", "fx_visits"]}
+    current = await states(platform, tenant)
+    assert current["fx_people"]["state"] == current["fx_visits"]["state"] == "installed"
+    assert current["fx_visits"]["revision"] == "fxv_0001"
+
+    # The third-party recall module pulls in the patients module it depends on.
+    if current.get("patients", {}).get("state") == "installed":  # an auto-install needs it
+        job = await run_job(
+            platform, "lifecycle.uninstall", tenant, module="patients", cascade=True
+        )
+        assert job.state == "succeeded", job.error
     job = await run_job(platform, "lifecycle.install", tenant, modules=["recall"])
     assert job.state == "succeeded", job.error
-    assert job.result == {"installed": ["fx_people", "recall"]}
-    current = await states(platform, tenant)
-    assert {n: s["state"] for n, s in current.items()} == {
-        "fx_people": "installed",
-        "recall": "installed",
-    }
-    assert current["recall"]["revision"] == "rc_0001"
+    assert job.result == {"installed": ["patients", "recall"]}
+    assert (await states(platform, tenant))["recall"]["revision"] == "rc_0001"
 
 
 async def test_install_refuses_what_it_cannot_do(platform, slug):
@@ -111,43 +119,56 @@ async def test_a_migration_failing_halfway_leaves_the_tenant_exactly_as_before(
 
 
 async def test_uninstall_rules_dry_run_veto_and_cascade(platform, slug):
-    tenant = await create_tenant(platform, slug, modules=["recall"])
+    tenant = await create_tenant(platform, slug, modules=["recall", "fx_visits"])
     async with platform.db.tenant(tenant.scope) as s:
         await s.execute(text("insert into people (name, kind) values ('Ana', 'patient')"))
+        await s.execute(text("insert into visits (person_id) select id from people"))
+        await s.execute(
+            text("insert into patients_patients (given_name, family_name) values ('Eva', 'Gil')")
+        )
         await s.execute(
             text(
-                "insert into recall_reminders (person_id, due_on, legal_hold) "
-                "select id, date '2027-01-10', true from people where name = 'Ana'"
+                "insert into recall_reminders (patient_id, due_on, legal_hold) select id, "
+                "date '2027-01-10', true from patients_patients where given_name = 'Eva'"
             )
         )
     job = await run_job(platform, "lifecycle.uninstall", tenant, module="fx_people")
-    assert job.state == "failed" and "depend on 'fx_people': recall" in job.error
+    assert job.state == "failed" and "depend on 'fx_people': fx_visits" in job.error
 
     from dentalpin.tenants import dry_run_uninstall
 
     plan = await dry_run_uninstall(platform, tenant.slug, "fx_people", cascade=True)
-    assert plan.modules == ["recall", "fx_people"]
-    assert plan.tables == {"recall": {"recall_reminders": 1}, "fx_people": {"people": 2}}
+    assert plan.modules == ["fx_visits", "fx_people"]
+    assert plan.tables == {"fx_visits": {"visits": 2}, "fx_people": {"people": 2}}
+    assert plan.vetoes == {}
+    plan = await dry_run_uninstall(platform, tenant.slug, "recall", cascade=False)
     assert plan.vetoes == {"recall": "1 reminder(s) are on legal hold"}
 
     before = await schema_picture(platform, tenant)
-    job = await run_job(platform, "lifecycle.uninstall", tenant, module="fx_people", cascade=True)
+    job = await run_job(platform, "lifecycle.uninstall", tenant, module="recall")
     assert job.state == "failed" and "legal hold" in job.error
     assert await schema_picture(platform, tenant) == before
     assert {s["state"] for s in (await states(platform, tenant)).values()} == {"installed"}
 
     async with platform.db.tenant(tenant.scope) as s:
         await s.execute(text("update recall_reminders set legal_hold = false"))
+    job = await run_job(platform, "lifecycle.uninstall", tenant, module="recall")
+    assert job.state == "succeeded", job.error
     job = await run_job(platform, "lifecycle.uninstall", tenant, module="fx_people", cascade=True)
     assert job.state == "succeeded", job.error
-    assert job.result["modules"] == ["recall", "fx_people"]
+    assert job.result["modules"] == ["fx_visits", "fx_people"]
     after = await states(platform, tenant)
-    assert {n: s["state"] for n, s in after.items()} == {
+    assert {n: after[n]["state"] for n in ("fx_people", "fx_visits", "recall")} == {
         "fx_people": "uninstalled",
+        "fx_visits": "uninstalled",
         "recall": "uninstalled",
     }
     picture = await schema_picture(platform, tenant)
-    assert all(not v for v in picture.values()), picture
+    assert not any(
+        "people" in row or "visits" in row or "recall" in row
+        for rows in picture.values()
+        for row in rows
+    ), picture
 
 
 async def test_the_archive_holds_exactly_what_was_dropped_and_restore_brings_it_back(
@@ -209,6 +230,7 @@ async def test_restore_refuses_a_tampered_archive_or_another_tenants_archive(pla
         assert job.state == "succeeded", job.error
         ids[tenant.slug] = job.result["archives"]["fx_people"]
 
+    without = await schema_picture(platform, a)
     job = await run_job(
         platform, "lifecycle.restore", a, module="fx_people", archive_id=ids[b.slug]
     )
@@ -225,7 +247,7 @@ async def test_restore_refuses_a_tampered_archive_or_another_tenants_archive(pla
     job = await run_job(platform, "lifecycle.restore", a, module="fx_people")
     assert job.state == "failed" and "checksum" in job.error
     assert (await states(platform, a))["fx_people"]["state"] == "uninstalled"
-    assert not any((await schema_picture(platform, a)).values())
+    assert await schema_picture(platform, a) == without  # nothing half-restored
 
     path.write_bytes(original)
     job = await run_job(platform, "lifecycle.restore", a, module="fx_people")
@@ -339,24 +361,22 @@ def test_factory_modules_are_importable():
 
 
 async def test_restoring_a_dependent_brings_back_its_cascaded_dependencies_too(platform, slug):
-    tenant = await create_tenant(platform, slug, modules=["recall"])
+    tenant = await create_tenant(platform, slug, modules=["fx_visits"])
     async with platform.db.tenant(tenant.scope) as s:
         await s.execute(text("insert into people (name, kind) values ('Eva', 'patient')"))
         await s.execute(
             text(
-                "insert into recall_reminders (person_id, due_on) "
-                "select id, date '2027-05-05' from people where name = 'Eva'"
+                "insert into visits (person_id, note) select id, 'revisión' from people "
+                "where name = 'Eva'"
             )
         )
     job = await run_job(platform, "lifecycle.uninstall", tenant, module="fx_people", cascade=True)
     assert job.state == "succeeded", job.error
-    job = await run_job(platform, "lifecycle.restore", tenant, module="recall")
+    job = await run_job(platform, "lifecycle.restore", tenant, module="fx_visits")
     assert job.state == "succeeded", job.error
     async with platform.db.tenant(tenant.scope) as s:
         rows = (
-            await s.execute(
-                text("select p.name from recall_reminders r join people p on p.id = r.person_id")
-            )
+            await s.execute(text("select p.name from visits v join people p on p.id = v.person_id"))
         ).all()
     assert [r.name for r in rows] == ["Eva"]
     assert {s["state"] for s in (await states(platform, tenant)).values()} == {"installed"}

@@ -68,8 +68,14 @@ async def test_archive_drops_the_schema_and_restore_brings_the_clinic_back(platf
         await s.execute(text("insert into people (name, kind) values ('Ana', 'patient')"))
         await s.execute(
             text(
-                "insert into recall_reminders (person_id, due_on) "
-                "select id, date '2027-03-01' from people"
+                "insert into patients_patients (given_name, family_name) "
+                "values ('Ana', 'Gil'), ('Luis', 'Mora')"
+            )
+        )
+        await s.execute(
+            text(
+                "insert into recall_reminders (patient_id, due_on) "
+                "select id, date '2027-03-01' from patients_patients order by number"
             )
         )
     async with platform.db.engine.connect() as conn:
@@ -79,13 +85,15 @@ async def test_archive_drops_the_schema_and_restore_brings_the_clinic_back(platf
     assert job.state == "succeeded", job.error
     archive_id = job.result["archive_id"]
     # Every table goes, the platform's event kernel (outbox, deliveries, inbox) included.
-    assert job.result["tables"] == {
+    tables = job.result["tables"]
+    assert {t: tables[t] for t in ("people", "patients_patients", "recall_reminders")} == {
         "people": 2,
+        "patients_patients": 2,
         "recall_reminders": 2,
-        "_outbox": 0,
-        "_deliveries": 0,
-        "_inbox": 0,
     }
+    assert {t: tables[t] for t in ("_outbox", "_deliveries", "_inbox")} == dict.fromkeys(
+        ("_outbox", "_deliveries", "_inbox"), 0
+    )
 
     async with platform.db.engine.connect() as conn:
         assert not await schema_exists(conn, tenant.schema_name)
@@ -109,11 +117,12 @@ async def test_archive_drops_the_schema_and_restore_brings_the_clinic_back(platf
         rows = (
             await s.execute(
                 text(
-                    "select p.name, r.due_on from recall_reminders r join people p on p.id = r.person_id"
+                    "select p.given_name, r.due_on from recall_reminders r "
+                    "join patients_patients p on p.id = r.patient_id order by r.id"
                 )
             )
         ).all()
-    assert [r.name for r in rows] == ["Front desk", "Ana"]
+    assert [r.given_name for r in rows] == ["Ana", "Luis"]
     async with platform.db.engine.connect() as conn:
         assert await describe_schema(conn, restored.schema_name) == picture
         assert (await find_tenant(conn, squatter.slug)).id == squatter.id

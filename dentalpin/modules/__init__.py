@@ -1,0 +1,1 @@
+"""Built-in modules, each registered as a `dentalpin.modules` entry point like a third party."""
