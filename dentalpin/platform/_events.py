@@ -18,7 +18,7 @@ from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from ._db import TenantScope
 from ._module import TenantRef
@@ -31,7 +31,6 @@ E = TypeVar("E", bound="Event")
 OUTBOX = "_outbox"
 DELIVERIES = "_deliveries"
 INBOX = "_inbox"
-KERNEL_TABLES = (OUTBOX, DELIVERIES, INBOX)
 DELIVERY_STATES = ("pending", "running", "done", "dead", "skipped")
 
 
@@ -147,92 +146,3 @@ async def publish(session: AsyncSession, event: Event) -> uuid.UUID:
     )
     session.info.setdefault("published", set()).add(scope)
     return event_id
-
-
-# The tenant kernel -------------------------------------------------------------------
-
-
-def kernel_ddl(schema: str, grace_s: float) -> list[str]:
-    """The platform's tables in one tenant schema: outbox, deliveries, inbox, and the trigger
-    that puts the tenant in the sweep's index. The trigger function runs as its owner (the
-    platform) and finds the tenant by the schema of the table it fired on, so a tenant can
-    mark only itself; every tenant's kernel is the same DDL (DDL images compare equal)."""
-    s = f'"{schema}"'
-    return [
-        f"""create table {s}.{OUTBOX} (
-              id uuid primary key,
-              seq bigint generated always as identity unique,
-              name text not null,
-              version integer not null,
-              payload jsonb not null,
-              occurred_at timestamptz not null default now(),
-              fanned_out_at timestamptz)""",
-        f"create index ix_outbox_unfanned on {s}.{OUTBOX} (seq) where fanned_out_at is null",
-        f"""create table {s}.{DELIVERIES} (
-              id bigint generated always as identity primary key,
-              event_id uuid not null references {s}.{OUTBOX} (id) on delete cascade,
-              subscriber text not null,
-              state text not null default 'pending'
-                check (state in ({", ".join(f"'{x}'" for x in DELIVERY_STATES)})),
-              attempts integer not null default 0,
-              next_attempt_at timestamptz not null default now(),
-              lease_until timestamptz,
-              last_error text,
-              created_at timestamptz not null default now(),
-              done_at timestamptz,
-              unique (event_id, subscriber))""",
-        f"create index ix_deliveries_due on {s}.{DELIVERIES} (next_attempt_at) "
-        "where state = 'pending'",
-        f"create index ix_deliveries_leased on {s}.{DELIVERIES} (lease_until) "
-        "where state = 'running'",
-        f"create index ix_deliveries_dead on {s}.{DELIVERIES} (id) where state = 'dead'",
-        f"""create table {s}.{INBOX} (
-              event_id uuid not null,
-              subscriber text not null,
-              processed_at timestamptz not null default now(),
-              primary key (event_id, subscriber))""",
-        f"""create function {s}._mark_events_pending() returns trigger
-              language plpgsql security definer set search_path = pg_catalog, pg_temp as $fn$
-            begin
-              insert into platform.event_tenants (tenant_id, due_at, seq)
-              select t.id, now() + interval '{float(grace_s)} seconds',
-                     nextval('platform.event_tenants_seq')
-                from platform.tenants t where t.schema_name = tg_table_schema
-              on conflict (tenant_id) do update
-                 set seq = excluded.seq,
-                     due_at = least(platform.event_tenants.due_at, excluded.due_at);
-              return null;
-            end $fn$""",
-        f"create trigger outbox_marks_tenant after insert on {s}.{OUTBOX} "
-        f"for each statement execute function {s}._mark_events_pending()",
-        # The relay's last step, in the tenant's own transaction: point the tenant's index
-        # entry at `next_due`, or drop it (null) unless a publish re-marked it since the
-        # pass read `pass_seq`. Only the tenant whose role is calling can be touched.
-        f"""create function {s}._reindex_events(
-                tenant uuid, pass_seq bigint, next_due timestamptz) returns void
-              language plpgsql security definer set search_path = pg_catalog, pg_temp as $fn$
-            begin
-              if not exists (select 1 from platform.tenants t
-                              where t.id = tenant and t.db_role = current_setting('role')) then
-                raise exception 'not this tenant''s index entry'
-                  using errcode = 'insufficient_privilege';
-              end if;
-              if next_due is null then
-                delete from platform.event_tenants e
-                 where e.tenant_id = tenant and e.seq = pass_seq;
-              else
-                insert into platform.event_tenants (tenant_id, due_at, seq)
-                values (tenant, next_due, nextval('platform.event_tenants_seq'))
-                on conflict (tenant_id) do update
-                   set due_at = case when platform.event_tenants.seq = pass_seq
-                                     then excluded.due_at
-                                     else least(platform.event_tenants.due_at, excluded.due_at)
-                                end;
-              end if;
-            end $fn$""",
-    ]
-
-
-async def create_kernel(conn: AsyncConnection, schema: str, grace_s: float) -> None:
-    for statement in kernel_ddl(schema, grace_s):
-        await conn.execute(text(statement))

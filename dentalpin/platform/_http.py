@@ -9,12 +9,14 @@ token's clinic (403 otherwise).
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Header, Query, Request
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ._audit import record
@@ -170,12 +172,44 @@ async def _record_support_access(request: Request, principal: Principal) -> None
 
 
 async def get_tenant_session(
+    request: Request,
     tenant: Annotated[TenantRef, Depends(get_tenant)],
     platform: Annotated[Platform, Depends(get_platform)],
 ) -> AsyncIterator[AsyncSession]:
-    """One transaction per request, confined to the request's tenant."""
+    """One transaction per request, confined to the request's tenant; its last statement
+    records the access in the audit log, so the entry exists exactly when the access
+    committed (a handler that fails leaves neither)."""
     async with platform.db.tenant(TenantScope(tenant.schema, tenant.role)) as session:
         yield session
+        await session.execute(_AUDIT, _access_entry(request, tenant))
+
+
+_AUDIT = text(
+    "select _audit(:tenant, :action, :target, :request_id, :ip, :actor_id, :actor, "
+    "cast(:details as jsonb))"
+)
+
+
+def _access_entry(request: Request, tenant: TenantRef) -> dict[str, Any]:
+    """`<module>.read` or `<module>.write`, the path as target, the route and its ids."""
+    route = getattr(request.scope.get("route"), "path", request.url.path)
+    # Module routes are mounted at /api/v1/<module>/ (the route object may be the module's
+    # own, with its path relative to that prefix).
+    parts = request.url.path.split("/")
+    module = parts[3] if len(parts) > 3 and parts[1:3] == ["api", "v1"] else "platform"
+    kind = "read" if request.method in ("GET", "HEAD", "OPTIONS") else "write"
+    ctx = audit_context(request)
+    details = {"method": request.method, "route": route, "ids": dict(request.path_params)}
+    return {
+        "tenant": tenant.id,
+        "action": f"{module}.{kind}",
+        "target": request.url.path,
+        "request_id": ctx.request_id,
+        "ip": ctx.ip,
+        "actor_id": ctx.actor_id,
+        "actor": ctx.actor,
+        "details": json.dumps(details, default=str),
+    }
 
 
 class PermissionCheck:

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from dentalpin.platform import Conflict, InvalidInput, NotFound, TenantRef
 from dentalpin.platform._db import TenantScope
 from dentalpin.platform._errors import did_you_mean
-from dentalpin.platform._events import create_kernel
+from dentalpin.platform._kernel import create_kernel
 from dentalpin.platform._settings import Settings
 from dentalpin.platform._tables import tenant_modules, tenants
 

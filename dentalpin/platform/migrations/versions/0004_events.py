@@ -2,7 +2,7 @@
 dead-letter index, the event kernel (outbox, deliveries, inbox, trigger) in every existing
 tenant schema, and the last run of each module's periodic jobs.
 
-New tenants get the kernel when their schema is created (`_events.create_kernel`); a later
+New tenants get the kernel when their schema is created (`_kernel.create_kernel`); a later
 change to the kernel ships as a platform revision like this one, which walks the tenants.
 
 Revision ID: 0004_events
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import UUID
 
-from dentalpin.platform._events import KERNEL_TABLES, kernel_ddl
+from dentalpin.platform._kernel import KERNEL_FUNCTIONS, KERNEL_TABLES, kernel_ddl
 
 revision = "0004_events"
 down_revision = "0003_spare_schemas"
@@ -85,8 +85,8 @@ def downgrade() -> None:
     ):
         for table in reversed(KERNEL_TABLES):
             op.execute(f'drop table if exists "{schema}".{table} cascade')
-        op.execute(f'drop function if exists "{schema}"._mark_events_pending()')
-        op.execute(f'drop function if exists "{schema}"._reindex_events(uuid, bigint, timestamptz)')
+        for function in KERNEL_FUNCTIONS:
+            op.execute(f'drop function if exists "{schema}".{function}')
     op.drop_table("periodic_runs", schema="platform")
     op.drop_table("event_dead_letters", schema="platform")
     op.drop_table("event_tenants", schema="platform")
