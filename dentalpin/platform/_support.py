@@ -19,7 +19,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ._audit import AuditContext, record
-from ._clients import is_reseller_admin
+from ._clients import is_reseller_admin, resellers_of
 from ._errors import Conflict, InvalidInput, NotFound
 from ._identity import _check_grantor, get_user, member_roles, role_names
 from ._mail import Mail, compose
@@ -99,13 +99,18 @@ async def grant_support(
     # Serialise grants per clinic: one valid grant per grantee, checked then written.
     clinic = (
         await conn.execute(
-            select(tenants.c.slug, tenants.c.name)
+            select(tenants.c.slug, tenants.c.name, tenants.c.reseller_id)
             .where(tenants.c.id == tenant_id, tenants.c.status == "active")
             .with_for_update()
         )
     ).first()
     if clinic is None:
         raise NotFound("this clinic is not active")
+    if not grantee.is_operator and clinic.reseller_id not in await resellers_of(conn, grantee.id):
+        raise InvalidInput(
+            f"'{grantee.email}' administers another reseller, not the one this clinic belongs "
+            "to; support access goes to the platform's operators or to your own reseller"
+        )
     if SUPPORT_ROLE not in await role_names(conn, tenant_id):
         await sync_roles(conn, platform.registry, tenant_id)  # a clinic older than the role
     unknown = sorted(wanted - await role_names(conn, tenant_id))

@@ -10,7 +10,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from dentalpin.platform._audit import CLI
 from dentalpin.platform._clients import add_reseller_admin, create_reseller
@@ -48,12 +48,18 @@ async def clinic(platform):
     return tenant, bearer(await session(platform, admin, tenant))
 
 
-async def reseller_admin(platform):
+async def reseller_admin(platform, tenant=None):
+    """An admin of a new reseller, which owns `tenant` when one is given."""
     user = await make_user(platform)
     name = f"Reseller {secrets.token_hex(3)}"
     async with platform.db.engine.begin() as conn:
-        await create_reseller(conn, name, ctx=CLI)
+        reseller = await create_reseller(conn, name, ctx=CLI)
         await add_reseller_admin(conn, name, user.email, ctx=CLI)
+        if tenant is not None:
+            await conn.execute(
+                text("update platform.tenants set reseller_id = :r where id = :t"),
+                {"r": reseller["id"], "t": tenant.id},
+            )
     return user
 
 
@@ -121,7 +127,7 @@ async def test_support_needs_a_second_factor(platform, clinic):
 
 async def test_a_support_sign_in_asks_for_the_second_factor(platform, clinic):
     tenant, admin = clinic
-    helper = await reseller_admin(platform)
+    helper = await reseller_admin(platform, tenant)
     await grant(platform, tenant, admin, helper.email)
     async with client(platform) as http:
         login = await http.post(
@@ -137,7 +143,7 @@ async def test_a_support_sign_in_asks_for_the_second_factor(platform, clinic):
 
 async def test_support_is_entered_by_naming_the_clinic_with_a_second_factor(platform, clinic):
     tenant, admin = clinic
-    helper = await reseller_admin(platform)
+    helper = await reseller_admin(platform, tenant)
     await grant(platform, tenant, admin, helper.email)
     credentials = {"email": helper.email, "password": "correct horse battery staple"}
     async with client(platform) as http:
@@ -170,7 +176,7 @@ async def test_support_is_entered_by_naming_the_clinic_with_a_second_factor(plat
 
 async def test_revoking_ends_access_at_once(platform, clinic):
     tenant, admin = clinic
-    helper = await reseller_admin(platform)
+    helper = await reseller_admin(platform, tenant)
     created = await grant(platform, tenant, admin, helper.email, roles=["receptionist"])
     pair = await session(platform, helper, tenant)
     async with client(platform, host_of(tenant)) as http:
@@ -247,6 +253,10 @@ async def test_grants_are_for_operators_and_resellers_and_bounded(platform, clin
     staff = await make_user(platform)
     refused = await grant(platform, tenant, admin, staff.email, code=422)
     assert "operators and resellers' admins" in refused["detail"]
+    # Another reseller's admin has no business in this clinic.
+    stranger = await reseller_admin(platform)
+    refused = await grant(platform, tenant, admin, stranger.email, code=422)
+    assert "administers another reseller" in refused["detail"]
     operator = await make_user(platform, operator=True)
     async with client(platform, host_of(tenant)) as http:
         for expires_at in (
