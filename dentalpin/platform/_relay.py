@@ -208,6 +208,7 @@ async def _run_batch(work: _Pass, batch: list[_Claimed], *, reindex: bool, seq: 
     `reindex` (the pass's last transaction) it ends by reindexing the tenant."""
     settings = work.platform.settings
     dead: list[tuple[_Claimed, str]] = []
+    done: list[_Claimed] = []
     async with work.platform.db.tenant(work.scope) as session:
         for d in batch:
             if d.attempts > settings.events_max_attempts:
@@ -226,8 +227,7 @@ async def _run_batch(work: _Pass, batch: list[_Claimed], *, reindex: bool, seq: 
                     first = await session.execute(_INBOX, {"e": d.event_id, "s": d.subscriber})
                     if first.first() is not None:
                         await handler(_context(work, session, d))
-                    await session.execute(_DONE, _fenced(d))
-                work.report.delivered += 1
+                done.append(d)
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"[:ERROR_LIMIT]
                 if d.attempts >= settings.events_max_attempts:
@@ -239,6 +239,13 @@ async def _run_batch(work: _Pass, batch: list[_Claimed], *, reindex: bool, seq: 
                     )
                     await session.execute(_RETRY, _fenced(d, error=error, delay=delay))
                     work.report.retried += 1
+        if done:
+            # One statement for the batch; committed with the handlers' work, so a delivery
+            # is done exactly when its effect is.
+            await session.execute(
+                _DONE, {"ids": [d.id for d in done], "attempts": [d.attempts for d in done]}
+            )
+            work.report.delivered += len(done)
         if reindex:
             await _reindex(work, session, seq)
     if dead:
@@ -278,8 +285,9 @@ _INBOX = text(
     f"insert into {INBOX} (event_id, subscriber) values (:e, :s) on conflict do nothing returning 1"
 )
 _DONE = text(
-    f"update {DELIVERIES} set state = 'done', done_at = now(), lease_until = null, "
-    "last_error = null where id = :id and attempts = :attempts"
+    f"update {DELIVERIES} d set state = 'done', done_at = now(), lease_until = null, "
+    "last_error = null from unnest(cast(:ids as bigint[]), cast(:attempts as integer[])) "
+    "as x(id, attempts) where d.id = x.id and d.attempts = x.attempts"
 )
 _SKIPPED = text(
     f"update {DELIVERIES} set state = 'skipped', done_at = now(), lease_until = null "
