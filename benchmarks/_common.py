@@ -13,6 +13,7 @@ import secrets
 import statistics
 import subprocess
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,24 @@ class BenchDatabase:
                 await conn.execute(f'drop role if exists "{role["rolname"]}"')
         finally:
             await conn.close()
+
+
+def write_module(
+    site: Path, package: str, entry: str, source: str, revisions: dict[str, str]
+) -> Path:
+    """A module package discoverable like an installed distribution (a `.dist-info` with
+    its entry point, under `site`, which goes on `PYTHONPATH`); returns its versions dir.
+    `entry` is `name = package:Class`; `revisions` maps file names to their source."""
+    versions = site / package / "migrations" / "versions"
+    versions.mkdir(parents=True)
+    (site / package / "__init__.py").write_text(textwrap.dedent(source))
+    for name, text in revisions.items():
+        (versions / name).write_text(text)
+    dist = site / f"{package}-1.0.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package}\nVersion: 1.0.0\n")
+    (dist / "entry_points.txt").write_text(f"[dentalpin.modules]\n{entry}\n")
+    return versions
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -32,14 +32,21 @@ import signal
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import BenchDatabase, emit, git_revision, machine, percentile, server_version
+from _common import (
+    BenchDatabase,
+    emit,
+    git_revision,
+    machine,
+    percentile,
+    server_version,
+    write_module,
+)
 
 PACKAGE = "dpbench_eventsmod"
 MODULE = "bench_events"
@@ -127,19 +134,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("bench_received")
 '''
-
-
-def write_module(root: Path) -> None:
-    versions = root / PACKAGE / "migrations" / "versions"
-    versions.mkdir(parents=True)
-    (root / PACKAGE / "__init__.py").write_text(textwrap.dedent(MODULE_SOURCE))
-    (versions / "be_0001_received.py").write_text(REVISION)
-    dist = root / f"{PACKAGE}-1.0.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {PACKAGE}\nVersion: 1.0.0\n")
-    (dist / "entry_points.txt").write_text(
-        f"[dentalpin.modules]\n{MODULE} = {PACKAGE}:BenchEventsModule\n"
-    )
 
 
 class Worker:
@@ -314,7 +308,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     platform = None
     client = redis_lib.Redis.from_url(redis_url)
     try:
-        write_module(root / "site")
+        write_module(
+            root / "site",
+            PACKAGE,
+            f"{MODULE} = {PACKAGE}:BenchEventsModule",
+            MODULE_SOURCE,
+            {"be_0001_received.py": REVISION},
+        )
         sys.path.insert(0, str(root / "site"))
         env = {
             **os.environ,

@@ -30,14 +30,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import BenchDatabase, emit, git_revision, machine, server_version
+from _common import BenchDatabase, emit, git_revision, machine, server_version, write_module
 
 NOOP_TARGET_S = 1.0
 UPGRADE_TARGET_S = 30.0
@@ -142,21 +141,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_column("bench_items", "note")
 '''
-
-
-def write_module(root: Path) -> Path:
-    """The package and a `.dist-info` declaring its entry point; returns its versions dir."""
-    versions = root / PACKAGE / "migrations" / "versions"
-    versions.mkdir(parents=True)
-    (root / PACKAGE / "__init__.py").write_text(textwrap.dedent(MODULE_SOURCE))
-    (versions / "bf_0001_items.py").write_text(REVISION_1)
-    dist = root / f"{PACKAGE}-1.0.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {PACKAGE}\nVersion: 1.0.0\n")
-    (dist / "entry_points.txt").write_text(
-        f"[dentalpin.modules]\n{MODULE} = {PACKAGE}:BenchFleetModule\n"
-    )
-    return versions
 
 
 def timed(command: list[str], env: dict[str, str]) -> tuple[float, str]:
@@ -307,7 +291,13 @@ async def run(
     root = Path(tempfile.mkdtemp(prefix="dpbench-fleet-"))
     platforms: list[Any] = []
     try:
-        versions = write_module(root / "site")
+        versions = write_module(
+            root / "site",
+            PACKAGE,
+            f"{MODULE} = {PACKAGE}:BenchFleetModule",
+            MODULE_SOURCE,
+            {"bf_0001_items.py": REVISION_1},
+        )
         sys.path.insert(0, str(root / "site"))
         env = {
             **os.environ,
