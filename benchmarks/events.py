@@ -15,7 +15,10 @@ and its own time, in the delivery's transaction. One `celery worker -Q events -c
   2. saturation: publishers commit events as fast as they can, round-robin over the
      tenants, one event per transaction; throughput = events delivered and committed per
      second, from the first publish to the last subscriber commit;
-  3. latency: events published at half that rate, evenly paced; p50/p99 of
+  2b. capacity: the same number of events published with no nudge (a backlog), then one
+     pass sent per tenant; delivered per second from the sends to the last commit (the
+     relay alone, publishers not competing for the CPU);
+  3. latency: events published at half the saturation rate, evenly paced; p50/p99 of
      publish -> subscriber commit; then the same at a light rate (`--light-rate`, 20/s),
      where no queue builds up: the pipeline's own latency.
 Targets: throughput >= 80% of the no-op baseline; p50 < 20 ms and p99 < 200 ms at half load.
@@ -247,6 +250,32 @@ class Bench:
             "drain_seconds": last - published,
         }
 
+    async def drain(self, events: int, publishers: int) -> float:
+        """The relay's own capacity: `events` published with no nudge (a backlog in every
+        tenant's outbox), then one pass sent per tenant; delivered per second, from the
+        sends to the last subscriber commit (the publishers no longer compete for CPU)."""
+        from dentalpin.platform._celery import celery_app
+        from dentalpin.platform._nudge import DELIVER_TASK, EVENTS_QUEUE
+
+        nudge, self.platform.db.on_published = self.platform.db.on_published, None
+        try:
+            counter = iter(range(events))
+
+            async def publisher() -> None:
+                for i in counter:
+                    await self.publish_one(self.tenants[i % len(self.tenants)])
+
+            await asyncio.gather(*(publisher() for _ in range(publishers)))
+        finally:
+            self.platform.db.on_published = nudge
+        app = celery_app(self.platform.settings)
+        started = time.time()
+        for tenant in self.tenants:
+            app.send_task(DELIVER_TASK, args=[tenant.schema_name], queue=EVENTS_QUEUE)
+        await self.wait_for(events, within=600)
+        rows = await self.received()
+        return events / (max(r for _, r in rows) - started)
+
     async def paced(self, rate: float, seconds: float) -> list[float]:
         total = max(1, int(rate * seconds))
         interval = 1 / rate
@@ -361,6 +390,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"no-op Celery task: {noop:.0f}/s", flush=True)
         sat = await bench.saturate(args.events, args.publishers)
         await bench.clear()
+        drained = await bench.drain(args.events, args.publishers)
+        await bench.clear()
+        print(f"backlog drained at {drained:.0f} events/s", flush=True)
         print(
             f"saturation: {sat['events_per_s']:.0f} events/s delivered "
             f"(published at {sat['publish_per_s']:.0f}/s by {args.publishers} publishers)",
@@ -389,6 +421,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "events_per_s": round(sat["events_per_s"], 1),
             "publish_per_s": round(sat["publish_per_s"], 1),
             "throughput_ratio": round(ratio, 3),
+            "drain_events_per_s": round(drained, 1),
+            "drain_ratio": round(drained / noop, 3),
             "throughput_target_met": ratio >= THROUGHPUT_RATIO_TARGET,
             "latency_rate_per_s": round(rate, 1),
             "latency_events": len(latencies),
