@@ -9,13 +9,15 @@ time budget is spent:
    worker) are leased with `FOR UPDATE SKIP LOCKED`, their attempt counted;
 3. run: the claimed deliveries in one tenant transaction, each under a savepoint that
    first inserts (event, subscriber) into the inbox — a row already there means the
-   effect happened, so the handler is skipped — then runs the handler and marks the
-   delivery done. A failure rolls back to the savepoint and schedules a retry with
-   exponential backoff and jitter, or dead-letters the delivery after its last attempt.
+   effect happened, so the handler is skipped — then runs the handler; the batch's
+   deliveries are marked done in the same transaction. A failure rolls back to its
+   savepoint and schedules a retry with exponential backoff and jitter, or dead-letters
+   the delivery after its last attempt.
 
-Finally the tenant's entry in `platform.event_tenants` is set to its next due time, or
-removed when nothing is left (fenced by `seq`, so a concurrent publish is never lost).
-The sweep reads only that index.
+The pass's last transaction also points the tenant's entry in `platform.event_tenants`
+at its next due time, or removes it when nothing is left (fenced by `seq`, so a
+concurrent publish is never lost), through the kernel's `_reindex_events`. The sweep
+reads only that index.
 """
 
 from __future__ import annotations
