@@ -195,5 +195,22 @@ def _worker_shutdown(**_: Any) -> None:
     _workers.shutdown()  # the solo pool runs tasks in the main process
 
 
+class _QuietHousekeeping(logging.Filter):
+    """Drops the INFO lines of the every-few-seconds housekeeping tasks (the sweep, the
+    periodic tick, the heartbeat): "received", "succeeded", "Sending due task". Their
+    warnings and errors still show."""
+
+    NAMES = (SWEEP_TASK, TICK_TASK, HEARTBEAT_TASK, "events-sweep", "periodic-tick")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.INFO:
+            return True
+        message = record.getMessage()
+        return not any(name in message for name in self.NAMES)
+
+
+for _logger in ("celery.app.trace", "celery.worker.strategy", "celery.beat"):
+    logging.getLogger(_logger).addFilter(_QuietHousekeeping())
+
 app_settings = get_settings()
 app = make_celery(app_settings)

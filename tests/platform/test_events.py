@@ -387,3 +387,18 @@ async def test_a_failing_handler_in_a_batch_rolls_back_only_its_own_work(events)
     assert {r.state: r.n for r in states} == {"done": 2, "pending": 1}
     # The retry is due after its backoff: the tenant stays in the sweep's index.
     assert await indexed(events, tenant)
+
+
+def test_housekeeping_tasks_do_not_flood_the_worker_log():
+    import logging
+
+    from dentalpin.platform._celery import _QuietHousekeeping
+
+    def record(level: int, message: str) -> logging.LogRecord:
+        return logging.LogRecord("celery.app.trace", level, __file__, 1, message, None, None)
+
+    quiet = _QuietHousekeeping()
+    assert not quiet.filter(record(logging.INFO, "Task dentalpin.events.sweep[1] succeeded"))
+    assert not quiet.filter(record(logging.INFO, "Scheduler: Sending due task events-sweep"))
+    assert quiet.filter(record(logging.INFO, "Task dentalpin.events.deliver[2] succeeded"))
+    assert quiet.filter(record(logging.ERROR, "Task dentalpin.events.sweep[3] raised"))
