@@ -10,10 +10,12 @@ import json
 import os
 import platform as host
 import secrets
+import signal
 import statistics
 import subprocess
 import sys
 import textwrap
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,6 +83,36 @@ def write_module(
     (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package}\nVersion: 1.0.0\n")
     (dist / "entry_points.txt").write_text(f"[dentalpin.modules]\n{entry}\n")
     return versions
+
+
+class Worker:
+    """A `celery worker` subprocess on `queues`, returned once it consumes (its start-up is
+    no part of any timing); output in `log`."""
+
+    def __init__(self, env: dict[str, str], log: Path, queues: str, processes: int) -> None:
+        self.log = log
+        command = [sys.executable, "-m", "celery", "-A", "dentalpin.platform._celery:app"]
+        command += ["worker", "-Q", queues, "-c", str(processes), "--pool", "prefork"]
+        command += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+        command += ["-n", f"bench-{secrets.token_hex(3)}@%h", "--loglevel=INFO"]
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while "ready." not in self.output():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the worker did not start:\n{self.output()}")
+            time.sleep(0.1)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -31,8 +31,6 @@ import asyncio
 import os
 import secrets
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
     BenchDatabase,
+    Worker,
     emit,
     git_revision,
     machine,
@@ -137,49 +136,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("bench_received")
 '''
-
-
-class Worker:
-    def __init__(self, env: dict[str, str], log: Path, concurrency: int) -> None:
-        self.log = log
-        command = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "dentalpin.platform._celery:app",
-            "worker",
-            "-Q",
-            "events",
-            "-c",
-            str(concurrency),
-            "--pool",
-            "prefork",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "-n",
-            f"bench-{secrets.token_hex(3)}@%h",
-            "--loglevel=INFO",
-        ]
-        with log.open("ab") as out:
-            self.proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while "ready." not in self.output():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the worker did not start:\n{self.output()}")
-            time.sleep(0.1)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 class Bench:
@@ -381,7 +337,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await sync_catalogue(platform)
         tenants = await provision(platform, args.tenants)
         print(f"(load average at start {host['load_average']}) {len(tenants)} tenants", flush=True)
-        worker = Worker(env, root / "worker.log", args.worker_processes)
+        worker = Worker(env, root / "worker.log", "events", args.worker_processes)
         bench = Bench(platform, tenants, client, prefix)
         await bench.saturate(min(200, args.events), args.publishers)  # warm-up: processes, pools
         await bench.clear()

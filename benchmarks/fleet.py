@@ -36,7 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import BenchDatabase, emit, git_revision, machine, server_version, write_module
+from _common import BenchDatabase, Worker, emit, git_revision, machine, server_version, write_module
 
 NOOP_TARGET_S = 1.0
 UPGRADE_TARGET_S = 30.0
@@ -191,23 +191,6 @@ async def check_upgraded(platform: Any) -> None:
         raise SystemExit(f"{missing} tenants lack what the new revision creates")
 
 
-def start_worker(env: dict[str, str], log: Path, processes: int) -> subprocess.Popen[bytes]:
-    """The worker, once it is consuming (its start-up is not part of the upgrade's time)."""
-    command = [sys.executable, "-m", "celery", "-A", "dentalpin.platform._celery:app"]
-    command += ["worker", "-Q", "lifecycle", "-c", str(processes), "--pool", "prefork"]
-    command += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
-    with log.open("ab") as out:
-        worker = subprocess.Popen(
-            [*command, "--loglevel=INFO"], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-    deadline = time.monotonic() + 120
-    while "ready." not in log.read_text(errors="replace"):
-        if worker.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"the worker did not start:\n{log.read_text(errors='replace')}")
-        time.sleep(0.1)
-    return worker
-
-
 def args_of(tenants: int, concurrency: int, workers: int) -> dict[str, int]:
     return {"tenants": tenants, "concurrency": concurrency, "workers": workers}
 
@@ -239,7 +222,7 @@ async def upgrade_on_workers(
     }
     (versions / "bf_0003_note.py").write_text(REVISION_3)
     log = root / "worker.log"
-    worker = start_worker(worker_env, log, n["workers"])
+    worker = Worker(worker_env, log, "lifecycle", n["workers"])
     third = Platform.create(
         previous.settings.model_copy(
             update={"redis_url": redis_url, "job_executor": "celery", "celery_key_prefix": prefix}
@@ -256,8 +239,7 @@ async def upgrade_on_workers(
         if await tenants_behind(third):
             raise SystemExit("tenants still behind after the upgrade on workers")
     finally:
-        worker.terminate()
-        worker.wait(30)
+        worker.stop()
         for key in client.scan_iter(match=f"{prefix}*"):
             client.delete(key)
         client.close()

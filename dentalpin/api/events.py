@@ -11,14 +11,13 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
 
 from dentalpin.platform._errors import InvalidInput, NotFound, Unauthenticated
 from dentalpin.platform._http import Actor, bearer_token, get_platform, platform_access, public
 from dentalpin.platform._relay import dead_letters, pipeline_stats, retry_dead
 from dentalpin.platform._runtime import Platform
-from dentalpin.platform._tables import tenants
 
+from ._platform import visible_tenant
 from .schemas import problems
 
 router = APIRouter(prefix="/api/v1/events", tags=["events"])
@@ -62,25 +61,23 @@ class Stats(BaseModel):
     jobs: dict[str, int]
 
 
-async def _tenant_id(platform: Platform, slug: str | None) -> uuid.UUID | None:
+async def _tenant_id(platform: Platform, actor: Actor, slug: str | None) -> uuid.UUID | None:
     if slug is None:
         return None
     async with platform.db.engine.connect() as conn:
-        found = await conn.scalar(select(tenants.c.id).where(tenants.c.slug == slug))
-    if found is None:
-        raise NotFound(f"no tenant with slug '{slug}'")
-    return uuid.UUID(str(found))
+        return (await visible_tenant(conn, actor, slug)).id
 
 
 @router.get("/failed", response_model=list[DeadLetter], responses=problems(401, 403, 404, 422))
 async def list_failed(
     platform: PlatformDep,
-    _: Operator,
+    actor: Operator,
     tenant: Annotated[str | None, Query(description="Only this tenant (slug).")] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
 ) -> list[dict[str, Any]]:
     """Dead letters: deliveries that failed every attempt, oldest first."""
-    return await dead_letters(platform, tenant_id=await _tenant_id(platform, tenant), limit=limit)
+    tenant_id = await _tenant_id(platform, actor, tenant)
+    return await dead_letters(platform, tenant_id=tenant_id, limit=limit)
 
 
 @router.post(
@@ -97,11 +94,11 @@ async def retry_one(letter_id: int, platform: PlatformDep, _: Operator) -> dict[
 @router.post(
     "/retry", response_model=Replayed, status_code=202, responses=problems(401, 403, 404, 422)
 )
-async def retry_many(body: Replay, platform: PlatformDep, _: Operator) -> dict[str, Any]:
+async def retry_many(body: Replay, platform: PlatformDep, actor: Operator) -> dict[str, Any]:
     """Queue dead letters again: the ones named, or all (of a tenant)."""
     if bool(body.ids) == body.all:
         raise InvalidInput("name dead-letter ids, or set all=true (not both)")
-    tenant_id = await _tenant_id(platform, body.tenant)
+    tenant_id = await _tenant_id(platform, actor, body.tenant)
     touched = await retry_dead(platform, None if body.all else body.ids, tenant_id=tenant_id)
     return {"tenants": [str(t) for t in touched]}
 

@@ -23,6 +23,17 @@ KERNEL_FUNCTIONS = (
 )
 
 
+def _own_tenant(what: str) -> str:
+    """The guard of the kernel's SECURITY DEFINER functions: `tenant` must be the tenant
+    whose role is calling (SET LOCAL ROLE), else insufficient_privilege."""
+    return (
+        "if not exists (select 1 from platform.tenants t where t.id = tenant"
+        " and t.db_role = current_setting('role')) then"
+        f" raise exception 'not this tenant''s {what}' using errcode = 'insufficient_privilege';"
+        " end if;"
+    )
+
+
 def kernel_ddl(schema: str, grace_s: float) -> list[str]:
     """The platform's tables in one tenant schema: outbox, deliveries, inbox, and the trigger
     that puts the tenant in the sweep's index. The trigger function runs as its owner (the
@@ -83,11 +94,7 @@ def kernel_ddl(schema: str, grace_s: float) -> list[str]:
                 tenant uuid, pass_seq bigint, next_due timestamptz) returns void
               language plpgsql security definer set search_path = pg_catalog, pg_temp as $fn$
             begin
-              if not exists (select 1 from platform.tenants t
-                              where t.id = tenant and t.db_role = current_setting('role')) then
-                raise exception 'not this tenant''s index entry'
-                  using errcode = 'insufficient_privilege';
-              end if;
+              {_own_tenant("index entry")}
               if next_due is null then
                 delete from platform.event_tenants e
                  where e.tenant_id = tenant and e.seq = pass_seq;
@@ -108,11 +115,7 @@ def kernel_ddl(schema: str, grace_s: float) -> list[str]:
                 actor_id uuid, actor text, details jsonb) returns void
               language plpgsql security definer set search_path = pg_catalog, pg_temp as $fn$
             begin
-              if not exists (select 1 from platform.tenants t
-                              where t.id = tenant and t.db_role = current_setting('role')) then
-                raise exception 'not this tenant''s audit log'
-                  using errcode = 'insufficient_privilege';
-              end if;
+              {_own_tenant("audit log")}
               insert into platform.audit_log
                      (tenant_id, actor_id, actor, action, target, request_id, ip, details)
               values (tenant, actor_id, actor, action, target, request_id, ip, details);

@@ -93,7 +93,7 @@ async def tick(platform: Platform) -> list[Chunk]:
     chunks: list[Chunk] = []
     for module, job, due_at in await _claim_due(platform):
         spec = platform.registry.get(module).module.periodic()[job]
-        ids = await _tenants_with(platform, module)
+        ids = [str(t.id) for t in await _tenants_with(platform, module)]
         size = platform.settings.periodic_chunk
         for start in range(0, len(ids), size):
             chunks.append(
@@ -140,21 +140,6 @@ async def _claim_due(platform: Platform) -> list[tuple[str, str, datetime]]:
     return claimed
 
 
-async def _tenants_with(platform: Platform, module: str) -> list[str]:
-    async with platform.db.autocommit() as conn:
-        rows = await conn.execute(
-            select(tenants.c.id)
-            .join(tenant_modules, tenant_modules.c.tenant_id == tenants.c.id)
-            .where(
-                tenants.c.status == "active",
-                tenant_modules.c.module == module,
-                tenant_modules.c.state == "installed",
-            )
-            .order_by(tenants.c.id)
-        )
-        return [str(r.id) for r in rows]
-
-
 @dataclass
 class ChunkReport:
     ran: int = 0
@@ -176,7 +161,8 @@ async def run_chunk(
     if spec is None:
         return report
     due = datetime.fromisoformat(due_at)
-    for ref in await _still_installed(platform, module, tenant_ids):
+    # Uninstalled since the fan-out: skipped.
+    for ref in await _tenants_with(platform, module, tenant_ids):
         try:
             async with platform.db.tenant(TenantScope(ref.schema, ref.role)) as session:
                 await spec.handler(PeriodicContext(session, ref, job, due))
@@ -187,24 +173,24 @@ async def run_chunk(
     return report
 
 
-async def _still_installed(
-    platform: Platform, module: str, tenant_ids: list[str]
+async def _tenants_with(
+    platform: Platform, module: str, among: list[str] | None = None
 ) -> list[TenantRef]:
-    async with platform.db.autocommit() as conn:
-        rows = await conn.execute(
-            select(
-                tenants.c.id,
-                tenants.c.slug,
-                tenants.c.name,
-                tenants.c.schema_name,
-                tenants.c.db_role,
-            )
-            .join(tenant_modules, tenant_modules.c.tenant_id == tenants.c.id)
-            .where(
-                tenants.c.id.in_([uuid.UUID(t) for t in tenant_ids]),
-                tenants.c.status == "active",
-                tenant_modules.c.module == module,
-                tenant_modules.c.state == "installed",
-            )
+    """The active tenants that have `module` installed (of `among`, when given)."""
+    query = (
+        select(
+            tenants.c.id, tenants.c.slug, tenants.c.name, tenants.c.schema_name, tenants.c.db_role
         )
+        .join(tenant_modules, tenant_modules.c.tenant_id == tenants.c.id)
+        .where(
+            tenants.c.status == "active",
+            tenant_modules.c.module == module,
+            tenant_modules.c.state == "installed",
+        )
+        .order_by(tenants.c.id)
+    )
+    if among is not None:
+        query = query.where(tenants.c.id.in_([uuid.UUID(t) for t in among]))
+    async with platform.db.autocommit() as conn:
+        rows = await conn.execute(query)
         return [TenantRef(r.id, r.slug, r.name, r.schema_name, r.db_role) for r in rows]
