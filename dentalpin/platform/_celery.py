@@ -61,6 +61,8 @@ def make_celery(
         task_ignore_result=True,
         worker_prefetch_multiplier=1,
         broker_connection_retry_on_startup=True,
+        # A broker outage of any length: keep reconnecting (the default gives up after 100).
+        broker_connection_max_retries=None,
         broker_transport_options=transport,
         beat_schedule={
             "platform-heartbeat": {

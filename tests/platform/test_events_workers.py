@@ -68,12 +68,13 @@ class Process:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, ready: str) -> None:
+        offset = len(self.output())  # a restart appends: wait for its own "ready"
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 self.command, env=self.env, cwd=self.workdir, stdout=out, stderr=subprocess.STDOUT
             )
         deadline = time.monotonic() + 60
-        while ready not in self.output():
+        while ready not in self.output()[offset:]:
             assert self.proc.poll() is None, f"{self.name} exited:\n{self.output()}"
             assert time.monotonic() < deadline, f"{self.name} not ready:\n{self.output()}"
             time.sleep(0.1)
@@ -96,6 +97,7 @@ class Rig:
     def __init__(self, platform: Platform, valkey: ValkeyServer, port: int, tmp: Path):
         self.platform, self.valkey, self.port, self.tmp = platform, valkey, port, tmp
         self.worker: Process | None = None
+        self.restarts: list[str] = []
         self.beat: Process | None = None
 
     def redis_down(self) -> None:
@@ -109,9 +111,19 @@ class Rig:
         parts = [p.output()[-3000:] for p in (self.worker, self.beat) if p is not None]
         return "\n---\n".join(parts)
 
+    def supervise(self) -> None:
+        """Restart a celery process that exited, as systemd (`Restart=on-failure`) or
+        Kubernetes do in production: Celery's Redis transport can crash a worker whose
+        acknowledgement meets a broker restart. Restarts are counted, not hidden."""
+        for process, ready in ((self.worker, "ready."), (self.beat, "beat: Starting")):
+            if process is not None and process.proc is not None and process.proc.poll() is not None:
+                self.restarts.append(process.name)
+                process.start(ready)
+
     async def until(self, check: Any, what: str, within: float = 60) -> None:
         deadline = time.monotonic() + within
         while True:
+            self.supervise()
             value = check()
             if asyncio.iscoroutine(value):
                 value = await value
