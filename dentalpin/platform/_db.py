@@ -66,6 +66,18 @@ def enter_tenant(connection: Connection, scope: TenantScope) -> None:
     connection.execute(_ENTER_TENANT, {"search_path": scope.search_path, "role": scope.role})
 
 
+def enter_tenant_columns(schema: str, role: str) -> str:
+    """The same two settings as `enter_tenant`, as select-list items, for a statement that
+    looks the tenant up in the platform schema and enters it at once (the event relay
+    saves a round trip per pass). `schema` and `role` are SQL expressions; the caller
+    must check them with `TenantScope` before its next statement."""
+    search_path = f"""'"' || {schema} || '", {EXTENSIONS_SCHEMA}'"""
+    return (
+        f"set_config('search_path', {search_path}, true) as entered_search_path, "
+        f"set_config('role', {role}, true) as entered_role"
+    )
+
+
 def enter_tenant_schema(connection: Connection, scope: TenantScope) -> None:
     """Search path only, for the platform's own DDL (migrations run as the schema owner)."""
     connection.execute(
@@ -79,7 +91,9 @@ class TenantSession(Session):
 
 
 @event.listens_for(TenantSession, "after_begin")
-def _scope_transaction(session: Session, _tx: SessionTransaction, connection: Connection) -> None:
+def _scope_transaction(session: Session, tx: SessionTransaction, connection: Connection) -> None:
+    if tx.nested:
+        return  # a savepoint inside a transaction this session has already scoped
     scope = session.info.get("tenant_scope")
     if not isinstance(scope, TenantScope):
         raise RuntimeError("a tenant session was opened without a tenant scope")

@@ -1,18 +1,20 @@
 """Delivering events: fan-out, leases, the inbox, retries, dead letters, the sweep.
 
-One relay pass (`deliver`) works on one tenant, in rounds until nothing is due or its
-time budget is spent:
+One relay pass (`deliver`) works on one tenant over one pooled connection, in rounds
+until nothing is due or its time budget is spent. A round is two transactions:
 
-1. fan out (same transaction as 2): events not yet fanned out get one delivery row per
-   subscriber whose module is installed in the tenant *now*;
-2. claim: due deliveries (pending and due, or running with an expired lease: a lost
-   worker) are leased with `FOR UPDATE SKIP LOCKED`, their attempt counted;
-3. run: the claimed deliveries in one tenant transaction, each under a savepoint that
-   first inserts (event, subscriber) into the inbox — a row already there means the
-   effect happened, so the handler is skipped — then runs the handler; the batch's
-   deliveries are marked done in the same transaction. A failure rolls back to its
-   savepoint and schedules a retry with exponential backoff and jitter, or dead-letters
-   the delivery after its last attempt.
+1. look up, fan out and claim (committed before any handler runs, so a worker lost
+   from here on costs an attempt): one statement finds the tenant and its installed
+   modules and enters the tenant's scope; one more gives every new event a delivery
+   per subscriber installed *now*, created leased, and leases the due deliveries
+   (pending and due, or running with an expired lease: a lost worker) with
+   `FOR UPDATE SKIP LOCKED`, their attempt counted;
+2. run: the claimed deliveries in one tenant transaction. Each first inserts (event,
+   subscriber) into the inbox — a row already there means the effect happened, so the
+   handler is skipped — then runs its handler; one closing statement marks the batch
+   done. The batch runs without savepoints first; if a handler fails, it runs again
+   with a savepoint each, so the failure rolls back only its own work and is retried
+   with exponential backoff and jitter, or dead-lettered after its last attempt.
 
 The pass's last transaction also points the tenant's entry in `platform.event_tenants`
 at its next due time, or removes it when nothing is left (fenced by `seq`, so a
@@ -34,7 +36,7 @@ from sqlalchemy import bindparam, delete, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ._db import TenantScope
+from ._db import TenantScope, enter_tenant_columns
 from ._errors import NotFound
 from ._events import DELIVERIES, INBOX, OUTBOX, EventContext, Handler
 from ._module import TenantRef
@@ -73,188 +75,299 @@ class _Claimed:
 @dataclass
 class _Pass:
     platform: Platform
+    conn: AsyncConnection
+    """The pass's one pooled connection: both transactions of every round run on it."""
     tenant: TenantRef
     scope: TenantScope
     installed: frozenset[str]
+    seq: int | None
+    """The tenant's index entry as the round's lookup saw it (fences `_reindex_events`)."""
     report: DeliveryReport = field(default_factory=DeliveryReport)
+
+
+@dataclass(frozen=True)
+class _Round:
+    fanned: int
+    claimed: list[_Claimed]
+    due: int
+    """How many of `claimed` were due deliveries rather than fresh fan-out."""
 
 
 async def deliver(
     platform: Platform, tenant: uuid.UUID | str, *, budget_s: float = 5.0
 ) -> DeliveryReport:
-    """One relay pass over one tenant, named by id or schema (see the module docstring)."""
-    async with platform.db.autocommit() as conn:
-        found = await _tenant_and_modules(conn, tenant)
-    if found is None:  # archived or gone: nothing to deliver to
-        if isinstance(tenant, uuid.UUID):
-            await _forget_tenant(platform, tenant)
-        return DeliveryReport()
-    ref, installed, seq = found
-    work = _Pass(platform, ref, TenantScope(ref.schema, ref.role), installed)
+    """One relay pass over one tenant, named by id or schema (see the module docstring).
+
+    A pass holds one connection; a round is two transactions on it (fan out and claim,
+    then run), so a delivery costs a handful of round trips when a clinic is quiet and
+    a fraction of one in a busy clinic's batch."""
     batch = platform.settings.events_batch
     deadline = time.monotonic() + budget_s
-    while True:
-        # The pass's last transaction also updates the tenant's index entry (`_reindex`).
-        fanned, claimed = await _fan_out_and_claim(work, seq)
-        if not claimed:
-            if fanned < batch:
-                return work.report  # reindexed with the (empty) claim
-            continue  # a full round of events without subscribers: fan out more
-        drained = fanned < batch and len(claimed) < batch  # a short round: nothing left
-        last = drained or time.monotonic() > deadline
-        await _run_batch(work, claimed, reindex=last, seq=seq)
-        if last:
-            work.report.more = not drained
-            return work.report
+    report = DeliveryReport()
+    async with platform.db.engine.connect() as conn:
+        while True:
+            work, found = await _fan_out_and_claim(platform, conn, tenant, report)
+            if work is None:  # archived or gone: nothing to deliver to
+                if isinstance(tenant, uuid.UUID):
+                    await _forget_tenant(platform, tenant)
+                return report
+            if not found.claimed:
+                if found.fanned < batch:
+                    return report  # reindexed with the (empty) claim
+                continue  # a full round of events without subscribers: fan out more
+            drained = found.fanned < batch and found.due < batch  # a short round
+            last = drained or time.monotonic() > deadline
+            await _run_batch(work, found.claimed, reindex=last)
+            if last:
+                report.more = not drained
+                return report
 
 
-async def _tenant_and_modules(
-    conn: AsyncConnection, key: uuid.UUID | str
-) -> tuple[TenantRef, frozenset[str], int | None] | None:
-    """The tenant, its installed modules and its index entry's seq, in one query."""
+def _lookup_and_enter(key: uuid.UUID | str) -> tuple[Any, dict[str, Any]]:
+    """The tenant, its installed modules and its index entry's seq; the same statement
+    confines the rest of the transaction to the tenant (`enter_tenant_columns`) and
+    turns off its fsync: a lease lost in a crash is simply due again."""
     by = "t.id = :key" if isinstance(key, uuid.UUID) else "t.schema_name = :key"
-    row = (
-        await conn.execute(
-            text(
-                f"""
-                select t.id, t.slug, t.name, t.schema_name, t.db_role,
-                       array(select module from platform.tenant_modules m
-                              where m.tenant_id = t.id and m.state = 'installed') as installed,
-                       (select seq from platform.event_tenants e where e.tenant_id = t.id) as seq
-                  from platform.tenants t
-                 where {by} and t.status in ('active', 'spare')
-                """
-            ),
-            {"key": key},
-        )
-    ).first()
-    if row is None:
-        return None
-    ref = TenantRef(row.id, row.slug, row.name, row.schema_name, row.db_role)
-    return ref, frozenset(row.installed), row.seq
+    statement = text(
+        f"""
+        select t.id, t.slug, t.name, t.schema_name, t.db_role,
+               array(select module from platform.tenant_modules m
+                      where m.tenant_id = t.id and m.state = 'installed') as installed,
+               (select seq from platform.event_tenants e where e.tenant_id = t.id) as seq,
+               {enter_tenant_columns("t.schema_name", "t.db_role")},
+               set_config('synchronous_commit', 'off', true) as no_fsync
+          from platform.tenants t
+         where {by} and t.status in ('active', 'spare')
+        """
+    )
+    return statement, {"key": key}
 
 
-def _fan_out_statement(work: _Pass) -> tuple[Any, dict[str, Any]]:
-    """New events get one delivery per subscriber installed now; returns how many events."""
+def _fan_out_and_claim_statement(
+    platform: Platform, installed: frozenset[str]
+) -> tuple[Any, dict[str, Any]]:
+    """One statement: new events get one delivery per subscriber installed now, created
+    already leased (attempt 1); due deliveries (pending and due, or running with an
+    expired lease: a lost worker) are leased with `FOR UPDATE SKIP LOCKED`, their
+    attempt counted. Returns the claimed deliveries with their events, and how many
+    events were fanned out on every row (one row of nulls when nothing was claimed)."""
     routes = [
         (event, module)
-        for event, modules in work.platform.registry.subscribers(work.installed).items()
+        for event, modules in platform.registry.subscribers(installed).items()
         for module in modules
     ]
-    params: dict[str, Any] = {"limit": work.platform.settings.events_batch}
-    insert_deliveries = ""
+    settings = platform.settings
+    params: dict[str, Any] = {"limit": settings.events_batch, "lease": settings.events_lease_s}
+    fresh = "select null::bigint, null::uuid, null::text, null::integer where false"
     if routes:
         values = ", ".join(f"(:e{i}, :m{i})" for i in range(len(routes)))
         for i, (event, module) in enumerate(routes):
             params |= {f"e{i}": event, f"m{i}": module}
-        insert_deliveries = f"""
-            , ins as (
-              insert into {DELIVERIES} (event_id, subscriber)
-              select ev.id, r.subscriber
-                from ev join (values {values}) as r(name, subscriber) on r.name = ev.name
-              on conflict (event_id, subscriber) do nothing
-              returning 1)"""
+        fresh = f"""
+            insert into {DELIVERIES} (event_id, subscriber, state, attempts, lease_until)
+            select ev.id, r.subscriber, 'running', 1, now() + make_interval(secs => :lease)
+              from ev join (values {values}) as r(name, subscriber) on r.name = ev.name
+            on conflict (event_id, subscriber) do nothing
+            returning id, event_id, subscriber, attempts"""
     statement = text(
         f"""
         with ev as (
           update {OUTBOX} o set fanned_out_at = now()
            where o.id in (select id from {OUTBOX} where fanned_out_at is null
                            order by seq limit :limit for update skip locked)
-          returning o.id, o.name){insert_deliveries}
-        select count(*) from ev
+          returning o.id, o.name, o.version, o.payload, o.occurred_at),
+        fresh as ({fresh}),
+        due as (
+          update {DELIVERIES} d
+             set state = 'running', attempts = d.attempts + 1,
+                 lease_until = now() + make_interval(secs => :lease)
+            from {OUTBOX} o
+           where o.id = d.event_id
+             and d.id in (select id from {DELIVERIES}
+                           where (state = 'pending' and next_attempt_at <= now())
+                              or (state = 'running' and lease_until < now())
+                           order by id limit :limit for update skip locked)
+          returning d.id, d.event_id, d.subscriber, d.attempts,
+                    o.name, o.version, o.payload, o.occurred_at),
+        claimed as (
+          select true as was_due, * from due
+          union all
+          select false, f.id, f.event_id, f.subscriber, f.attempts,
+                 ev.name, ev.version, ev.payload, ev.occurred_at
+            from fresh f join ev on ev.id = f.event_id)
+        select (select count(*) from ev) as fanned, c.*
+          from (select 1) as one left join claimed c on true
+         order by c.id
         """
     ).bindparams(*(bindparam(k) for k in params))
     return statement, params
 
 
-CLAIM = text(
-    f"""
-    update {DELIVERIES} d
-       set state = 'running', attempts = d.attempts + 1,
-           lease_until = now() + make_interval(secs => :lease)
-      from {OUTBOX} o
-     where o.id = d.event_id
-       and d.id in (select id from {DELIVERIES}
-                     where (state = 'pending' and next_attempt_at <= now())
-                        or (state = 'running' and lease_until < now())
-                     order by id limit :limit for update skip locked)
-    returning d.id, d.event_id, d.subscriber, d.attempts,
-              o.name, o.version, o.payload, o.occurred_at
-    """
-)
-
-
-async def _fan_out_and_claim(work: _Pass, seq: int | None) -> tuple[int, list[_Claimed]]:
-    """One transaction: fan out new events, then lease the due deliveries. The lease is
-    committed before any handler runs, so a worker lost from here on costs an attempt.
-    With nothing to claim, this is the pass's last transaction: it reindexes."""
-    settings = work.platform.settings
-    fan_out, params = _fan_out_statement(work)
-    async with work.platform.db.tenant(work.scope) as session:
-        # The lease needs no fsync: lost in a crash, the delivery is simply due again.
-        await session.execute(_NO_FSYNC)
-        fanned = int(await session.scalar(fan_out, params) or 0)
-        rows = await session.execute(
-            CLAIM, {"lease": settings.events_lease_s, "limit": settings.events_batch}
+async def _fan_out_and_claim(
+    platform: Platform, conn: AsyncConnection, key: uuid.UUID | str, report: DeliveryReport
+) -> tuple[_Pass | None, _Round]:
+    """The round's first transaction: look the tenant up and enter it, fan out, claim.
+    The lease is committed before any handler runs, so a worker lost from here on costs
+    an attempt. With nothing to claim, this is the pass's last transaction: it reindexes."""
+    async with conn.begin():
+        statement, params = _lookup_and_enter(key)
+        row = (await conn.execute(statement, params)).first()
+        if row is None:
+            return None, _Round(0, [], 0)
+        work = _Pass(
+            platform,
+            conn,
+            TenantRef(row.id, row.slug, row.name, row.schema_name, row.db_role),
+            TenantScope(row.schema_name, row.db_role),  # checks the names before any use
+            frozenset(row.installed),
+            row.seq,
+            report,
         )
-        claimed = [_Claimed(**r._mapping) for r in rows]
-        if not claimed and fanned < settings.events_batch:
-            await _reindex(work, session, seq)
-    work.report.fanned_out += fanned
-    return fanned, claimed
+        statement, params = _fan_out_and_claim_statement(platform, work.installed)
+        rows = list(await conn.execute(statement, params))
+        fanned = int(rows[0].fanned)
+        claimed = [_claimed(r) for r in rows if r.id is not None]
+        if not claimed and fanned < platform.settings.events_batch:
+            await _finish(work, conn, [], reindex=True)
+    report.fanned_out += fanned
+    return work, _Round(fanned, claimed, sum(1 for r in rows if r.was_due))
 
 
-async def _run_batch(work: _Pass, batch: list[_Claimed], *, reindex: bool, seq: int | None) -> None:
-    """Every claimed delivery in one transaction, each under its own savepoint: a failing
-    handler rolls back only its own work, and the batch pays for one commit. With
-    `reindex` (the pass's last transaction) it ends by reindexing the tenant."""
-    settings = work.platform.settings
-    dead: list[tuple[_Claimed, str]] = []
+def _claimed(row: Any) -> _Claimed:
+    return _Claimed(
+        row.id,
+        row.event_id,
+        row.subscriber,
+        row.attempts,
+        row.name,
+        row.version,
+        row.payload,
+        row.occurred_at,
+    )
+
+
+@dataclass
+class _Outcome:
+    """What a batch's committed transaction did."""
+
+    done: int = 0
+    skipped: int = 0
+    retried: int = 0
+    dead: list[tuple[_Claimed, str]] = field(default_factory=list)
+
+
+async def _run_batch(work: _Pass, batch: list[_Claimed], *, reindex: bool) -> None:
+    """The round's second transaction. The batch first runs all together, without
+    savepoints: a quiet clinic's one delivery pays only its inbox row, its handler and
+    one closing statement. If a handler fails, that transaction rolls back as a whole
+    and the batch runs again with a savepoint each (`_run_isolated`), so only the
+    failing delivery is retried; its own effects were rolled back either way."""
+    try:
+        outcome = await _run_together(work, batch, reindex=reindex)
+    except Exception:
+        if work.conn.invalidated or work.conn.closed:
+            raise  # the connection itself failed: the leases bring the batch back
+        outcome = await _run_isolated(work, batch, reindex=reindex)
+    report = work.report
+    report.delivered += outcome.done
+    report.skipped += outcome.skipped
+    report.retried += outcome.retried
+    report.dead += len(outcome.dead)
+    if outcome.dead:
+        async with work.platform.db.platform() as session:
+            for d, error in outcome.dead:
+                await session.execute(_dead_letter_upsert(work.tenant.id, d, error))
+
+
+async def _run_together(work: _Pass, batch: list[_Claimed], *, reindex: bool) -> _Outcome:
+    outcome = _Outcome()
     done: list[_Claimed] = []
-    async with work.platform.db.tenant(work.scope) as session:
+    async with _session(work) as session, session.begin():
         for d in batch:
-            if d.attempts > settings.events_max_attempts:
-                # Claimed again after its last attempt's lease ran out: that worker was lost.
-                error = f"gave up after {d.attempts - 1} attempts (the last worker was lost)"
-                await session.execute(_DEAD, _fenced(d, error=error))
-                dead.append((d, error))
-                continue
-            handler = _handler(work, d)
+            handler = await _settle_unrunnable(work, session, d, outcome)
+            if handler is not None:
+                await _run_once(work, session, d, handler)
+                done.append(d)
+        await _finish(work, session, done, reindex=reindex)
+    outcome.done = len(done)
+    return outcome
+
+
+async def _run_isolated(work: _Pass, batch: list[_Claimed], *, reindex: bool) -> _Outcome:
+    """Each delivery under its own savepoint: a failing handler rolls back only its own
+    work and is retried with backoff, or dead-lettered after its last attempt."""
+    settings = work.platform.settings
+    outcome = _Outcome()
+    done: list[_Claimed] = []
+    async with _session(work) as session, session.begin():
+        for d in batch:
+            handler = await _settle_unrunnable(work, session, d, outcome)
             if handler is None:
-                await session.execute(_SKIPPED, _fenced(d))
-                work.report.skipped += 1
                 continue
             try:
                 async with session.begin_nested():
-                    first = await session.execute(_INBOX, {"e": d.event_id, "s": d.subscriber})
-                    if first.first() is not None:
-                        await handler(_context(work, session, d))
+                    await _run_once(work, session, d, handler)
                 done.append(d)
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"[:ERROR_LIMIT]
                 if d.attempts >= settings.events_max_attempts:
                     await session.execute(_DEAD, _fenced(d, error=error))
-                    dead.append((d, error))
+                    outcome.dead.append((d, error))
                 else:
                     delay = backoff_s(
                         d.attempts, settings.events_backoff_s, settings.events_backoff_max_s
                     )
                     await session.execute(_RETRY, _fenced(d, error=error, delay=delay))
-                    work.report.retried += 1
-        if done:
-            # One statement for the batch; committed with the handlers' work, so a delivery
-            # is done exactly when its effect is.
-            await session.execute(
-                _DONE, {"ids": [d.id for d in done], "attempts": [d.attempts for d in done]}
-            )
-            work.report.delivered += len(done)
-        if reindex:
-            await _reindex(work, session, seq)
-    if dead:
-        async with work.platform.db.platform() as session:
-            for d, error in dead:
-                await session.execute(_dead_letter_upsert(work.tenant.id, d, error))
-        work.report.dead += len(dead)
+                    outcome.retried += 1
+        await _finish(work, session, done, reindex=reindex)
+    outcome.done = len(done)
+    return outcome
+
+
+def _session(work: _Pass) -> Any:
+    """A tenant session on the pass's connection; it begins (and scopes) a transaction."""
+    return work.platform.db.session_on(work.conn, work.scope)
+
+
+async def _settle_unrunnable(
+    work: _Pass, session: Any, d: _Claimed, outcome: _Outcome
+) -> Handler | None:
+    """The delivery's handler; or None, after dead-lettering a delivery claimed again
+    after its last attempt (that worker was lost) or skipping one whose subscriber was
+    uninstalled since the fan-out."""
+    if d.attempts > work.platform.settings.events_max_attempts:
+        error = f"gave up after {d.attempts - 1} attempts (the last worker was lost)"
+        await session.execute(_DEAD, _fenced(d, error=error))
+        outcome.dead.append((d, error))
+        return None
+    handler = _handler(work, d)
+    if handler is None:
+        await session.execute(_SKIPPED, _fenced(d))
+        outcome.skipped += 1
+    return handler
+
+
+async def _run_once(work: _Pass, session: Any, d: _Claimed, handler: Handler) -> None:
+    """The inbox row first: a row already there means the effect happened (a worker lost
+    after its commit), so the handler is skipped."""
+    first = await session.execute(_INBOX, {"e": d.event_id, "s": d.subscriber})
+    if first.first() is not None:
+        await handler(_context(work, session, d))
+
+
+async def _finish(work: _Pass, session: Any, done: list[_Claimed], *, reindex: bool) -> None:
+    """Mark `done` done — one statement, committed with the handlers' work, so a delivery
+    is done exactly when its effect is — and, in the pass's last transaction, point the
+    tenant's index entry at its next due time or drop it (`_reindex_events`)."""
+    if not done and not reindex:
+        return
+    params: dict[str, Any] = {
+        "ids": [d.id for d in done],
+        "attempts": [d.attempts for d in done],
+    }
+    if reindex:
+        params |= {"tenant": work.tenant.id, "seq": work.seq}
+    await session.execute(_DONE_AND_REINDEX if reindex else _DONE, params)
 
 
 def _handler(work: _Pass, d: _Claimed) -> Handler | None:
@@ -282,14 +395,24 @@ def _fenced(d: _Claimed, **values: Any) -> dict[str, Any]:
 
 # Every write to a claimed delivery is fenced by its attempt: a slow worker whose lease was
 # taken over changes nothing.
-_NO_FSYNC = text("set local synchronous_commit = off")
 _INBOX = text(
     f"insert into {INBOX} (event_id, subscriber) values (:e, :s) on conflict do nothing returning 1"
 )
-_DONE = text(
+_MARK_DONE = (
     f"update {DELIVERIES} d set state = 'done', done_at = now(), lease_until = null, "
     "last_error = null from unnest(cast(:ids as bigint[]), cast(:attempts as integer[])) "
     "as x(id, attempts) where d.id = x.id and d.attempts = x.attempts"
+)
+_DONE = text(_MARK_DONE)
+# The index entry's next due time, in the same statement: the reads do not see the rows
+# this statement marks done, so those are left out of the running ones by hand.
+_DONE_AND_REINDEX = text(
+    f"""with done as ({_MARK_DONE} returning d.id)
+        select _reindex_events(:tenant, :seq, least(
+          (select min(next_attempt_at) from {DELIVERIES} where state = 'pending'),
+          (select min(lease_until) from {DELIVERIES}
+            where state = 'running' and id not in (select id from done)),
+          (select now() from {OUTBOX} where fanned_out_at is null limit 1)))"""
 )
 _SKIPPED = text(
     f"update {DELIVERIES} set state = 'skipped', done_at = now(), lease_until = null "
@@ -327,20 +450,6 @@ def _dead_letter_upsert(tenant_id: uuid.UUID, d: _Claimed, error: str) -> Any:
         index_elements=["tenant_id", "delivery_id"],
         set_={"attempts": d.attempts, "error": values["error"], "dead_at": func.now()},
     )
-
-
-_REINDEX = text(
-    f"""select _reindex_events(:tenant, :seq, least(
-          (select min(next_attempt_at) from {DELIVERIES} where state = 'pending'),
-          (select min(lease_until) from {DELIVERIES} where state = 'running'),
-          (select now() from {OUTBOX} where fanned_out_at is null limit 1)))"""
-)
-
-
-async def _reindex(work: _Pass, session: Any, seq: int | None) -> None:
-    """Point the tenant's index entry at its next due time, or drop it when none is left;
-    in the pass's last tenant transaction, through the kernel's `_reindex_events`."""
-    await session.execute(_REINDEX, {"tenant": work.tenant.id, "seq": seq})
 
 
 async def mark_due(session: Any, tenant_id: uuid.UUID) -> None:

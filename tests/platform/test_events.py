@@ -194,6 +194,7 @@ async def test_a_failing_subscriber_is_retried_then_dead_lettered_and_replayed_a
     assert await retry_dead(events, [letters[0]["id"]]) == [tenant.id]
     assert await indexed(events, tenant)
     await deliver(events, tenant.id)
+    await drain(events)  # the replay nudged a pass of its own: either may deliver
     assert await effects_of(events, tenant, entry) == 1
     assert [d for d in await dead_letters(events) if d["tenant"] == tenant.slug] == []
     with pytest.raises(Exception, match="no dead letter with id"):
