@@ -22,9 +22,9 @@ from celery.signals import worker_process_init, worker_process_shutdown, worker_
 
 from . import _workers
 from ._jobs import reap_jobs, run_job
-from ._nudge import DELIVER_TASK, EVENTS_QUEUE, SWEEP_TASK, pending_key
+from ._nudge import DELIVER_TASK, EVENTS_QUEUE, SWEEP_TASK, chunked, pending_key
 from ._periodic import run_chunk, tick
-from ._relay import deliver, sweep
+from ._relay import DeliveryReport, deliver_many, sweep
 from ._settings import Settings, get_settings
 from ._workers import LIFECYCLE_QUEUE, REAP_TASK, RUN_JOB_TASK
 
@@ -123,29 +123,42 @@ def make_celery(
         return report.as_dict()
 
     @app.task(name=DELIVER_TASK)  # type: ignore[untyped-decorator]
-    def deliver_events(tenant: str) -> dict[str, Any]:
-        """One relay pass over one tenant (its schema name or id); another if work is left."""
-        key: uuid.UUID | str = tenant if tenant.startswith("t_") else uuid.UUID(tenant)
-        if isinstance(key, str):
-            # From here on, commits must nudge again: this pass may already be past them.
+    def deliver_events(tenants: str | list[str]) -> dict[str, Any]:
+        """Relay passes over the tenants the task names (schema names or ids; one name is
+        the message an earlier release sent), side by side; another task for those with
+        work left."""
+        names = [tenants] if isinstance(tenants, str) else list(tenants)
+        keys = [_tenant_key(name) for name in names]
+        schemas = [key for key in keys if isinstance(key, str)]
+        if schemas:
+            # From here on, commits must nudge again: these passes may already be past them.
             try:
-                flags().delete(pending_key(settings, key))
-            except Exception as exc:  # the flag expires by itself; the pass runs anyway
-                log.warning("could not clear the relay flag of %s: %s", key, exc)
-        report = _workers.run_in_worker(lambda platform: deliver(platform, key))
-        if report.more:
-            app.send_task(DELIVER_TASK, args=[tenant], queue=EVENTS_QUEUE)
-        return report.as_dict()
+                flags().delete(*(pending_key(settings, schema) for schema in schemas))
+            except Exception as exc:  # the flags expire by themselves; the passes run anyway
+                log.warning("could not clear the relay flags of %s: %s", schemas, exc)
+        results = _workers.run_in_worker(lambda platform: deliver_many(platform, keys))
+        more = [n for n, r in zip(names, results, strict=True) if _more(r)]
+        for chunk in chunked(more, settings.events_pass_concurrency):
+            app.send_task(DELIVER_TASK, args=[chunk], queue=EVENTS_QUEUE)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            raise failed[0]  # logged with the task; the leases bring the work back
+        totals: dict[str, Any] = {}
+        for report in results:
+            if isinstance(report, DeliveryReport):
+                for name, value in report.as_dict().items():
+                    totals[name] = totals.get(name, 0) + value
+        return totals
 
     @app.task(name=SWEEP_TASK)  # type: ignore[untyped-decorator]
     def sweep_events() -> int:
-        """A relay pass for every tenant whose pending work is due (the nudge was lost,
-        a retry's backoff ran out, or a lease expired)."""
-
-        def send(tenant_id: uuid.UUID) -> None:
-            app.send_task(DELIVER_TASK, args=[str(tenant_id)], queue=EVENTS_QUEUE)
-
-        return len(_workers.run_in_worker(lambda platform: sweep(platform, send)))
+        """Relay passes for every tenant whose pending work is due (the nudge was lost,
+        a retry's backoff ran out, or a lease expired), a few tenants per task."""
+        due: list[str] = []
+        _workers.run_in_worker(lambda platform: sweep(platform, lambda t: due.append(str(t))))
+        for chunk in chunked(due, settings.events_pass_concurrency):
+            app.send_task(DELIVER_TASK, args=[chunk], queue=EVENTS_QUEUE)
+        return len(due)
 
     @app.task(name=TICK_TASK)  # type: ignore[untyped-decorator]
     def periodic_tick() -> int:
@@ -169,6 +182,15 @@ def make_celery(
 
 
 _senders: dict[tuple[str | None, str], Celery] = {}
+
+
+def _tenant_key(name: str) -> uuid.UUID | str:
+    """A task names a tenant by schema (`t_...`, from a nudge) or by id (from the sweep)."""
+    return name if name.startswith("t_") else uuid.UUID(name)
+
+
+def _more(result: DeliveryReport | BaseException) -> bool:
+    return isinstance(result, DeliveryReport) and result.more
 
 
 def celery_app(settings: Settings) -> Celery:

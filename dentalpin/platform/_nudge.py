@@ -13,9 +13,9 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._db import TenantScope
 from ._settings import Settings
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ._runtime import Platform
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DELIVER_TASK = "dentalpin.events.deliver"
 SWEEP_TASK = "dentalpin.events.sweep"
@@ -53,52 +54,81 @@ class CircuitBreaker:
             self._open_until = 0.0
 
 
+def chunked(items: list[T], size: int) -> Iterator[list[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
 def pending_key(settings: Settings, schema: str) -> str:
     """The broker-side flag "a relay pass for this tenant is queued"."""
     return f"{settings.celery_key_prefix}dentalpin:relay-queued:{schema}"
 
 
 class CeleryNudge:
-    """Sends `dentalpin.events.deliver(<schema>)` to the `events` queue, off the caller.
+    """Sends `dentalpin.events.deliver([<schema>, ...])` to the `events` queue, off the caller.
 
-    Nudges coalesce: while a pass for a tenant is queued and has not started (its flag is
-    set in Redis, cleared by the pass as it starts), more commits need no more tasks — the
-    queued pass will see their events. So a busy clinic costs one task per pass, not one
-    per event."""
+    Nudges coalesce twice. While a pass for a tenant is queued and has not started (its
+    flag is set in Redis, cleared by the pass as it starts), more commits need no more
+    tasks: the queued pass will see their events. And one sender thread takes every
+    tenant nudged while it was busy at once: one pipelined flag check, then tasks of up to
+    `events_pass_concurrency` tenants each, which a worker process runs side by side. So a
+    busy platform costs far fewer tasks than events, and a quiet one still sends at once."""
 
     def __init__(self, platform: Platform) -> None:
         self.settings = platform.settings
         self.breaker = CircuitBreaker(platform.settings.events_breaker_cooldown_s)
-        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dentalpin-nudge")
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dentalpin-nudge")
         self._lock = threading.Lock()
         self._queued: set[str] = set()
+        self._sending = False
         self._app: Any = None
         self._redis: Any = None
 
     def __call__(self, scopes: set[TenantScope]) -> None:
         if self.breaker.open:
             return
-        for scope in scopes:
-            with self._lock:
-                if scope.schema in self._queued or len(self._queued) >= MAX_IN_FLIGHT:
-                    continue
-                self._queued.add(scope.schema)
-            self._pool.submit(self._send, scope.schema)
+        with self._lock:
+            for scope in scopes:
+                if len(self._queued) < MAX_IN_FLIGHT:
+                    self._queued.add(scope.schema)
+            if self._sending or not self._queued:
+                return
+            self._sending = True
+        self._pool.submit(self._send_queued)
 
     @property
     def in_flight(self) -> int:
         return len(self._queued)
 
-    def _send(self, schema: str) -> None:
-        with self._lock:
-            self._queued.discard(schema)
-        if self.breaker.open:  # opened while this one waited in the pool
-            return
-        key = pending_key(self.settings, schema)
+    def _send_queued(self) -> None:
+        """Send what is queued, again and again, until nothing was queued meanwhile."""
         try:
-            if not self._client().set(key, "1", nx=True, ex=int(self.settings.events_lease_s) + 1):
-                return  # a pass is queued already
-            self._producer().send_task(DELIVER_TASK, args=[schema], queue=EVENTS_QUEUE, retry=False)
+            while True:
+                with self._lock:
+                    schemas, self._queued = sorted(self._queued), set()
+                    if not schemas:
+                        self._sending = False
+                        return
+                self._send(schemas)
+        except BaseException:
+            with self._lock:
+                self._sending = False
+            raise
+
+    def _send(self, schemas: list[str]) -> None:
+        if self.breaker.open:  # opened while these waited
+            return
+        try:
+            flags = self._client().pipeline(transaction=False)
+            expire = int(self.settings.events_lease_s) + 1
+            for schema in schemas:
+                flags.set(pending_key(self.settings, schema), "1", nx=True, ex=expire)
+            # A tenant whose flag was already set has a pass queued.
+            fresh = [schema for schema, new in zip(schemas, flags.execute(), strict=True) if new]
+            for chunk in chunked(fresh, self.settings.events_pass_concurrency):
+                self._producer().send_task(
+                    DELIVER_TASK, args=[chunk], queue=EVENTS_QUEUE, retry=False
+                )
             self.breaker.succeeded()
         except Exception as exc:
             self.breaker.failed()

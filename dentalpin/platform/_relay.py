@@ -24,6 +24,7 @@ reads only that index.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 import uuid
@@ -121,6 +122,21 @@ async def deliver(
             if last:
                 report.more = not drained
                 return report
+
+
+async def deliver_many(
+    platform: Platform, tenants: list[uuid.UUID | str]
+) -> list[DeliveryReport | BaseException]:
+    """A pass over each of `tenants`, up to `events_pass_concurrency` at a time: while one
+    waits for PostgreSQL, another runs. One tenant's failure does not stop the others;
+    it is returned in that tenant's place."""
+    gate = asyncio.Semaphore(platform.settings.events_pass_concurrency)
+
+    async def one(tenant: uuid.UUID | str) -> DeliveryReport:
+        async with gate:
+            return await deliver(platform, tenant)
+
+    return list(await asyncio.gather(*(one(t) for t in tenants), return_exceptions=True))
 
 
 def _lookup_and_enter(key: uuid.UUID | str) -> tuple[Any, dict[str, Any]]:

@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     """How long a worker holds a delivery before another may take it (a dead worker's)."""
     events_batch: int = Field(default=100, ge=1, le=10_000)
     """Deliveries claimed per round by one relay task."""
+    events_pass_concurrency: int = Field(default=4, ge=1, le=64)
+    """Tenants one relay task carries, whose passes a worker process runs side by side
+    (each holds a pooled connection while it runs)."""
     events_sweep_every_s: float = Field(default=2.0, gt=0)
     events_nudge_grace_s: float = Field(default=5.0, ge=0)
     """The sweep leaves a freshly published tenant alone this long: the nudge should win."""
