@@ -221,10 +221,18 @@ def _worker_shutdown(**_: Any) -> None:
 
 class _QuietHousekeeping(logging.Filter):
     """Drops the INFO lines of the every-few-seconds housekeeping tasks (the sweep, the
-    periodic tick, the heartbeat): "received", "succeeded", "Sending due task". Their
-    warnings and errors still show."""
+    periodic tick, the heartbeat) and of the relay's passes, which come with every burst
+    of events (the pipeline's metrics and `dentalpin events stats` count those):
+    "received", "succeeded", "Sending due task". Their warnings and errors still show."""
 
-    NAMES = (SWEEP_TASK, TICK_TASK, HEARTBEAT_TASK, "events-sweep", "periodic-tick")
+    NAMES = (
+        SWEEP_TASK,
+        TICK_TASK,
+        HEARTBEAT_TASK,
+        DELIVER_TASK,
+        "events-sweep",
+        "periodic-tick",
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno > logging.INFO:

@@ -25,6 +25,7 @@ reads only that index.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
 import uuid
@@ -162,11 +163,8 @@ def _lookup_and_enter(key: uuid.UUID | str) -> tuple[Any, dict[str, Any]]:
 def _fan_out_and_claim_statement(
     platform: Platform, installed: frozenset[str]
 ) -> tuple[Any, dict[str, Any]]:
-    """One statement: new events get one delivery per subscriber installed now, created
-    already leased (attempt 1); due deliveries (pending and due, or running with an
-    expired lease: a lost worker) are leased with `FOR UPDATE SKIP LOCKED`, their
-    attempt counted. Returns the claimed deliveries with their events, and how many
-    events were fanned out on every row (one row of nulls when nothing was claimed)."""
+    """The round's claim (`_claim_sql`) with its parameters: the (event, subscriber) routes
+    of the modules installed now, the batch size and the lease."""
     routes = [
         (event, module)
         for event, modules in platform.registry.subscribers(installed).items()
@@ -174,18 +172,30 @@ def _fan_out_and_claim_statement(
     ]
     settings = platform.settings
     params: dict[str, Any] = {"limit": settings.events_batch, "lease": settings.events_lease_s}
+    for i, (event, module) in enumerate(routes):
+        params |= {f"e{i}": event, f"m{i}": module}
+    return _claim_sql(len(routes)), params
+
+
+@functools.lru_cache(maxsize=64)
+def _claim_sql(routes: int) -> Any:
+    """One statement: new events get one delivery per route (subscriber installed now),
+    created already leased (attempt 1); due deliveries (pending and due, or running with
+    an expired lease: a lost worker) are leased with `FOR UPDATE SKIP LOCKED`, their
+    attempt counted. Returns the claimed deliveries with their events, and how many
+    events were fanned out on every row (one row of nulls when nothing was claimed).
+    Cached by the number of routes: the routes themselves are parameters."""
     fresh = "select null::bigint, null::uuid, null::text, null::integer where false"
     if routes:
-        values = ", ".join(f"(:e{i}, :m{i})" for i in range(len(routes)))
-        for i, (event, module) in enumerate(routes):
-            params |= {f"e{i}": event, f"m{i}": module}
+        values = ", ".join(f"(:e{i}, :m{i})" for i in range(routes))
         fresh = f"""
             insert into {DELIVERIES} (event_id, subscriber, state, attempts, lease_until)
             select ev.id, r.subscriber, 'running', 1, now() + make_interval(secs => :lease)
               from ev join (values {values}) as r(name, subscriber) on r.name = ev.name
             on conflict (event_id, subscriber) do nothing
             returning id, event_id, subscriber, attempts"""
-    statement = text(
+    names = ["limit", "lease"] + [f"{k}{i}" for i in range(routes) for k in ("e", "m")]
+    return text(
         f"""
         with ev as (
           update {OUTBOX} o set fanned_out_at = now()
@@ -215,8 +225,7 @@ def _fan_out_and_claim_statement(
           from (select 1) as one left join claimed c on true
          order by c.id
         """
-    ).bindparams(*(bindparam(k) for k in params))
-    return statement, params
+    ).bindparams(*(bindparam(k) for k in names))
 
 
 async def _fan_out_and_claim(
