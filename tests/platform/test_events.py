@@ -390,7 +390,7 @@ async def test_a_failing_handler_in_a_batch_rolls_back_only_its_own_work(events)
     assert await indexed(events, tenant)
 
 
-def test_housekeeping_tasks_do_not_flood_the_worker_log():
+def test_housekeeping_and_relay_tasks_do_not_flood_the_worker_log():
     import logging
 
     from dentalpin.platform._celery import _QuietHousekeeping
@@ -401,5 +401,7 @@ def test_housekeeping_tasks_do_not_flood_the_worker_log():
     quiet = _QuietHousekeeping()
     assert not quiet.filter(record(logging.INFO, "Task dentalpin.events.sweep[1] succeeded"))
     assert not quiet.filter(record(logging.INFO, "Scheduler: Sending due task events-sweep"))
-    assert quiet.filter(record(logging.INFO, "Task dentalpin.events.deliver[2] succeeded"))
+    assert not quiet.filter(record(logging.INFO, "Task dentalpin.events.deliver[2] succeeded"))
+    assert quiet.filter(record(logging.INFO, "Task dentalpin.lifecycle.run_job[4] succeeded"))
     assert quiet.filter(record(logging.ERROR, "Task dentalpin.events.sweep[3] raised"))
+    assert quiet.filter(record(logging.ERROR, "Task dentalpin.events.deliver[5] raised"))
