@@ -29,6 +29,7 @@ from dentalpin.platform._relay import (
     backoff_s,
     dead_letters,
     deliver,
+    deliver_many,
     pipeline_stats,
     retry_dead,
     sweep,
@@ -330,6 +331,62 @@ async def test_a_dead_broker_neither_fails_nor_holds_a_commit(platform):
         assert len(await rows(platform, tenant, "select * from ledger_effects")) == 2
     finally:
         await dead.close()
+
+
+async def test_one_relay_task_delivers_to_several_tenants_side_by_side(events):
+    a, b = await ledger_tenant(events), await ledger_tenant(events)
+    with nudge_lost(events):
+        first, second = await add(events, a, "for a"), await add(events, b, "for b")
+        await add(events, b, "for b again")
+    reports = await deliver_many(events, [a.schema_name, b.id, "t_nosuchtenant00"])
+    assert [r.delivered for r in reports if not isinstance(r, BaseException)] == [1, 2, 0]
+    assert await effects_of(events, a, first) == 1 and await effects_of(events, b, second) == 1
+    # Each tenant's work stayed in its own schema.
+    assert len(await rows(events, a, "select * from ledger_effects")) == 1
+    assert len(await rows(events, b, "select * from ledger_effects")) == 2
+    assert not await indexed(events, a) and not await indexed(events, b)
+
+
+async def test_nudges_for_several_tenants_share_a_task(platform):
+    """Real Redis and Celery producer, no worker: the queue shows what was sent."""
+    import json
+
+    import redis as redis_lib
+
+    from dentalpin.platform._db import TenantScope
+
+    prefix = f"dpnudge-{uuid.uuid4().hex[:8]}:"
+    nudging = with_settings(
+        platform, events_relay="celery", celery_key_prefix=prefix, events_pass_concurrency=2
+    )
+    client = redis_lib.Redis.from_url(platform.settings.redis_url or "")
+    scopes = {TenantScope(f"t_nudgeshare0{i}", "dp_nudge_role") for i in range(3)}
+    try:
+        nudging.nudge(scopes)
+        for _ in range(500):
+            if int(client.llen(f"{prefix}events")) >= 2:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)
+        messages = [json.loads(m) for m in client.lrange(f"{prefix}events", 0, -1)]
+        sent = [_task_args(m)[0] for m in messages]
+        # Three tenants, at most two per task: two tasks carrying all three, none twice.
+        assert sorted(len(tenants) for tenants in sent) == [1, 2]
+        assert sorted(t for tenants in sent for t in tenants) == sorted(s.schema for s in scopes)
+    finally:
+        await nudging.close()
+        for key in client.scan_iter(match=f"{prefix}*"):
+            client.delete(key)
+        client.close()
+
+
+def _task_args(message: dict[str, Any]) -> list[Any]:
+    """The positional arguments of a Celery (protocol 2) message as kombu stores it."""
+    import base64
+    import json
+
+    body = json.loads(base64.b64decode(message["body"]))
+    return list(body[0])
 
 
 async def test_nudges_for_a_tenant_coalesce_while_its_pass_is_queued(platform):
