@@ -36,6 +36,7 @@ import argparse
 import asyncio
 import os
 import random
+import re
 import shutil
 import statistics
 import sys
@@ -48,12 +49,22 @@ from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 from sqlalchemy import event, insert, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import BenchDatabase, emit, git_revision, machine, p50, percentile, server_version
+from _common import (
+    BenchDatabase,
+    emit,
+    git_revision,
+    machine,
+    p50,
+    percentile,
+    server_dsn,
+    server_version,
+)
 
 from dentalpin.app import create_app
 from dentalpin.modules.agenda.models import (
@@ -104,6 +115,7 @@ class Side:
     """CPU of this process (the ASGI app and the client) while the side ran."""
     server_cpu_s: float | None = None
     """CPU of the app's PostgreSQL backends while the side ran (None: not readable)."""
+    statements: int = 0
 
     @property
     def rps(self) -> float:
@@ -120,6 +132,7 @@ class Side:
             "errors": self.errors,
             "client_cpu_ms": round(self.client_cpu_s / n * 1000, 2),
             "server_cpu_ms": server,
+            "statements": round(self.statements / n, 2),
         }
 
 
@@ -169,10 +182,82 @@ def _cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
 
 
-def watch_backends(platform: Platform, cpu: BackendCpu) -> None:
-    @event.listens_for(platform.db.engine.sync_engine, "connect")
+class Statements:
+    """How many statements the app sends (SQLAlchemy's cursor executions, any pool), and
+    the first of each tenant-table read with its parameters (for `--replan`)."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.reads: dict[str, tuple[Any, ...]] = {}
+        self.capture = False  # off while the clinics are made (migrations read catalogues)
+
+    def saw(self, sql: str, parameters: Any) -> None:
+        self.sent += 1
+        if not self.capture:
+            return
+        head = sql.lstrip()[:7].lower()
+        # Reads of module tables: not the platform's, nor the kernel's functions (`_audit`,
+        # `_reindex_events` write), nor the scope statement itself.
+        if head.startswith("select") and not re.search(r"platform\.|set_config|\b_\w+\(", sql):
+            self.reads.setdefault(sql, tuple(parameters or ()))
+
+
+async def replan(
+    url: str, many: list[Clinic], one: Clinic, reads: dict[str, Any]
+) -> dict[str, Any]:
+    """PostgreSQL's own cost of the tenant reads, apart from Python and the client: each
+    transaction sets a clinic's scope and runs every captured read once (prepared, as the
+    app does), on one backend, in the same clinic every time or each time in the next of
+    the 100; backend CPU per statement from /proc. With custom plans forced too, which
+    tells a lost generic plan from the re-analysis."""
+    found: dict[str, Any] = {"statements": len(reads)}
+    for custom in (False, True):
+        for name, clinics in (("single", [one]), ("multi", many)):
+            key = f"{name}{'_custom_plans' if custom else ''}_ms_per_statement"
+            found[key] = await _replay(url, clinics, reads, custom)
+    print(f"replan: backend CPU per tenant read {found}")
+    return found
+
+
+async def _replay(url: str, clinics: list[Clinic], reads: dict[str, Any], custom: bool) -> float:
+    settings = {"search_path": ""} | ({"plan_cache_mode": "force_custom_plan"} if custom else {})
+    conn = await asyncpg.connect(url, server_settings=settings)
+    try:
+
+        async def one_transaction(n: int) -> None:
+            scope = clinics[n % len(clinics)].tenant.scope
+            async with conn.transaction():
+                await conn.execute(
+                    "select set_config('search_path', $1, true), set_config('role', $2, true)",
+                    scope.search_path,
+                    scope.role,
+                )
+                for sql, parameters in reads.items():
+                    await conn.fetch(sql, *parameters)
+
+        for n in range(2 * len(clinics)):  # every clinic's catalogue entries cached first
+            await one_transaction(n)
+        pid = conn.get_server_pid()
+        before = _cpu_seconds(pid) or 0.0
+        rounds = 1000
+        for n in range(rounds):
+            await one_transaction(n)
+        spent = (_cpu_seconds(pid) or 0.0) - before
+        return round(spent / (rounds * len(reads)) * 1000, 3)
+    finally:
+        await conn.close()
+
+
+def watch_backends(platform: Platform, cpu: BackendCpu, statements: Statements) -> None:
+    engine = platform.db.engine.sync_engine
+
+    @event.listens_for(engine, "connect")
     def _remember(dbapi_connection: Any, _record: Any) -> None:
         cpu.watch(dbapi_connection.driver_connection.get_server_pid())
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _count(_conn: Any, _cursor: Any, sql: str, parameters: Any, *_rest: Any) -> None:
+        statements.saw(sql, parameters)
 
 
 async def seed_day(
@@ -325,6 +410,7 @@ async def drive(
     concurrency: int,
     seed: int,
     cpu: BackendCpu | None = None,
+    statements: Statements | None = None,
 ) -> Side:
     side = Side()
     rng = random.Random(seed)
@@ -341,12 +427,14 @@ async def drive(
             if response.status_code >= 400:
                 side.errors += 1
 
+    sent_before = statements.sent if statements else 0
     server_before = cpu.total() if cpu else None
     client_before = clock.process_time()
     began = clock.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     side.seconds = clock.perf_counter() - began
     side.client_cpu_s = clock.process_time() - client_before
+    side.statements = (statements.sent if statements else 0) - sent_before
     server_after = cpu.total() if cpu else None
     if server_before is not None and server_after is not None:
         side.server_cpu_s = server_after - server_before
@@ -360,6 +448,7 @@ def merge(parts: list[Side]) -> Side:
         merged.seconds += part.seconds
         merged.errors += part.errors
         merged.client_cpu_s += part.client_cpu_s
+        merged.statements += part.statements
         if part.server_cpu_s is not None:
             merged.server_cpu_s = (merged.server_cpu_s or 0.0) + part.server_cpu_s
     return merged
@@ -380,7 +469,13 @@ def pair_ratios(multi: list[Side], single: list[Side]) -> dict[str, float]:
 
 
 async def run(
-    tenants: int, requests: int, concurrency: int, blocks: int, warmup: int, aa: bool
+    tenants: int,
+    requests: int,
+    concurrency: int,
+    blocks: int,
+    warmup: int,
+    aa: bool,
+    with_replan: bool,
 ) -> dict[str, Any]:
     db = await BenchDatabase.create()
     data_dir = Path(tempfile.mkdtemp(prefix="dpbench-"))
@@ -394,8 +489,8 @@ async def run(
             environment="test",
         )
         platform = Platform.create(settings)
-        cpu = BackendCpu()
-        watch_backends(platform, cpu)
+        cpu, statements = BackendCpu(), Statements()
+        watch_backends(platform, cpu, statements)
         await migrate_platform(platform)
         await sync_catalogue(platform)
         started = clock.perf_counter()
@@ -404,6 +499,7 @@ async def run(
         if aa:  # the method against itself: a second single clinic plays "multi"
             many = [await make_clinic(platform, tenants + 1)]
         print(f"{len(many) + 1} clinics ready in {clock.perf_counter() - started:.1f} s")
+        statements.capture = True
         app = create_app(platform)
         transport = httpx.ASGITransport(app=app, client=("10.9.9.9", 4321))
         sides = {"multi": many, "single": one}
@@ -418,9 +514,16 @@ async def run(
             for block in range(blocks):
                 order = ("multi", "single") if block % 2 == 0 else ("single", "multi")
                 for name in order:
-                    part = await drive(http, sides[name], per_block, concurrency, 100 + block, cpu)
+                    part = await drive(
+                        http, sides[name], per_block, concurrency, 100 + block, cpu, statements
+                    )
                     parts[name].append(part)
                     print(f"block {block + 1}/{blocks} {name}: {part.stats()}")
+        replanned = (
+            await replan(server_dsn(db.name), many, one[0], statements.reads)
+            if with_replan
+            else None
+        )
         multi, single = merge(parts["multi"]).stats(), merge(parts["single"]).stats()
         ratio = multi["rps"] / single["rps"]
         blockwise = pair_ratios(parts["multi"], parts["single"])
@@ -452,8 +555,11 @@ async def run(
             "single_client_cpu_ms": single["client_cpu_ms"],
             "multi_server_cpu_ms": multi["server_cpu_ms"],
             "single_server_cpu_ms": single["server_cpu_ms"],
+            "multi_statements_per_request": multi["statements"],
+            "single_statements_per_request": single["statements"],
             "ratio": round(ratio, 3),
             "block_ratios": blockwise,
+            "replan": replanned,
             "target_ratio": TARGET,
             "met": ratio >= TARGET,
             "machine": machine(),
@@ -481,9 +587,22 @@ def main() -> None:
     parser.add_argument(
         "--aa", action="store_true", help="A/A check: a second single clinic plays 'multi'"
     )
+    parser.add_argument(
+        "--replan",
+        action="store_true",
+        help="then replay the tenant reads on one backend: same clinic vs 100 (PostgreSQL only)",
+    )
     args = parser.parse_args()
     result = asyncio.run(
-        run(args.tenants, args.requests, args.concurrency, args.blocks, args.warmup, args.aa)
+        run(
+            args.tenants,
+            args.requests,
+            args.concurrency,
+            args.blocks,
+            args.warmup,
+            args.aa,
+            args.replan,
+        )
     )
     emit(result, args.json)
 
