@@ -149,10 +149,27 @@ def sort_order(
 
 
 async def fetch_page(session: AsyncSession, query: Select[Any], *, limit: int, offset: int) -> Page:
-    """Run `query` (already filtered and ordered) for one page, and count every match."""
-    total = await session.scalar(select(func.count()).select_from(query.order_by(None).subquery()))
-    rows = (await session.execute(query.limit(limit).offset(offset))).mappings().all()
-    return Page(items=list(rows), total=int(total or 0), limit=limit, offset=offset)
+    """Run `query` (already filtered and ordered) for one page, and count every match.
+
+    Most lists fit in their first page (a day's appointments, a name search), and a page
+    that is neither full nor past the end already says how many rows match: the count
+    query, one more statement (and, in a tenant, one more re-planned statement), is sent
+    only when the page cannot tell."""
+    rows = list((await session.execute(query.limit(limit).offset(offset))).mappings().all())
+    total = known_total(len(rows), limit=limit, offset=offset)
+    if total is None:
+        counted = select(func.count()).select_from(query.order_by(None).subquery())
+        total = int(await session.scalar(counted) or 0)
+    return Page(items=rows, total=total, limit=limit, offset=offset)
+
+
+def known_total(found: int, *, limit: int, offset: int) -> int | None:
+    """The number of matches when a page of `found` rows proves it, else None: a partial
+    page is the last one; an empty page proves "none" only at offset 0 (past the end,
+    the rows may still be fewer than `offset`)."""
+    if 0 < found < limit or (found == 0 and offset == 0):
+        return offset + found
+    return None
 
 
 UNIQUE_VIOLATION = "23505"

@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import Select, delete, func, insert, select, update
+from sqlalchemy import Select, delete, func, insert, literal, select, update
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -117,57 +117,102 @@ def _in_scope(scope: Scope, location_id: uuid.UUID) -> bool:
 # ---------------------------------------------------------------------------- lookups
 
 
-async def _location(session: AsyncSession, scope: Scope, location_id: uuid.UUID) -> Any:
-    """A live location the caller may book in."""
+def _place_query(
+    location_id: uuid.UUID,
+    cabinet_id: uuid.UUID,
+    professional_id: uuid.UUID,
+    patient_id: uuid.UUID | None,
+) -> Select[Any]:
+    """The location, cabinet, professional (and patient) of a booking in one row: each is
+    left-joined on its primary key to a one-row probe, so a missing one reads as nulls.
+
+    One statement instead of one per lookup: every statement of a tenant transaction is
+    re-analysed and re-planned by PostgreSQL when the connection last ran it for another
+    tenant (its search path differed), so on a busy multi-tenant pool each lookup costs a
+    planning as well as a round trip."""
+    probe = select(literal(1).label("one")).subquery("probe")
+    place = (
+        probe.outerjoin(locations, locations.c.id == location_id)
+        .outerjoin(cabinets, cabinets.c.id == cabinet_id)
+        .outerjoin(professionals, professionals.c.id == professional_id)
+    )
+    columns = [
+        locations.c.id.label("location_id"),
+        locations.c.name.label("location_name"),
+        locations.c.archived_at.label("location_archived_at"),
+        cabinets.c.id.label("cabinet_id"),
+        cabinets.c.name.label("cabinet_name"),
+        cabinets.c.location_id.label("cabinet_location_id"),
+        cabinets.c.active.label("cabinet_active"),
+        professionals.c.id.label("professional_id"),
+        professionals.c.display_name.label("professional_name"),
+        professionals.c.active.label("professional_active"),
+    ]
+    if patient_id is not None:
+        place = place.outerjoin(patients, patients.c.id == patient_id)
+        columns += [
+            patients.c.id.label("patient_id"),
+            patients.c.archived_at.label("patient_archived_at"),
+        ]
+    return select(*columns).select_from(place)
+
+
+async def _check_place(
+    session: AsyncSession,
+    scope: Scope,
+    location_id: uuid.UUID,
+    cabinet_id: uuid.UUID,
+    professional_id: uuid.UUID,
+    patient_id: uuid.UUID | None = None,
+) -> None:
+    """A live location the caller may book in, an active cabinet of it, an active
+    professional and (when given) a patient who is not archived."""
     if not _in_scope(scope, location_id):
         raise Forbidden(
             f"location {location_id} is not one of the locations your membership covers; "
             "ask a clinic admin to extend it"
         )
-    row = (
-        await session.execute(select(locations).where(locations.c.id == location_id))
-    ).one_or_none()
-    if row is None:
+    query = _place_query(location_id, cabinet_id, professional_id, patient_id)
+    place = (await session.execute(query)).one()
+    _check_location(place, location_id)
+    _check_cabinet(place, cabinet_id, location_id)
+    _check_professional(place, professional_id)
+    if patient_id is not None:
+        _check_patient(place, patient_id)
+
+
+def _check_location(place: Any, location_id: uuid.UUID) -> None:
+    if place.location_id is None:
         raise InvalidInput(f"location {location_id} does not exist")
-    if row.archived_at is not None:
-        raise InvalidInput(f"location {row.name!r} is archived: book in a live location")
-    return row
+    if place.location_archived_at is not None:
+        raise InvalidInput(f"location {place.location_name!r} is archived: book in a live location")
 
 
-async def _cabinet(session: AsyncSession, cabinet_id: uuid.UUID, location_id: uuid.UUID) -> Any:
-    row = (await session.execute(select(cabinets).where(cabinets.c.id == cabinet_id))).one_or_none()
-    if row is None:
+def _check_cabinet(place: Any, cabinet_id: uuid.UUID, location_id: uuid.UUID) -> None:
+    if place.cabinet_id is None:
         raise InvalidInput(f"cabinet {cabinet_id} does not exist")
-    if row.location_id != location_id:
+    if place.cabinet_location_id != location_id:
         raise InvalidInput(
-            f"cabinet {row.name!r} belongs to another location; pick a cabinet of "
+            f"cabinet {place.cabinet_name!r} belongs to another location; pick a cabinet of "
             f"location {location_id}"
         )
-    if not row.active:
-        raise InvalidInput(f"cabinet {row.name!r} is not active")
-    return row
+    if not place.cabinet_active:
+        raise InvalidInput(f"cabinet {place.cabinet_name!r} is not active")
 
 
-async def _active_professional(session: AsyncSession, professional_id: uuid.UUID) -> Any:
-    row = (
-        await session.execute(select(professionals).where(professionals.c.id == professional_id))
-    ).one_or_none()
-    if row is None:
+def _check_professional(place: Any, professional_id: uuid.UUID) -> None:
+    if place.professional_id is None:
         raise InvalidInput(f"professional {professional_id} does not exist")
-    if not row.active:
-        raise InvalidInput(f"{row.display_name} is no longer active: book another professional")
-    return row
-
-
-async def _patient(session: AsyncSession, patient_id: uuid.UUID) -> None:
-    row = (
-        await session.execute(
-            select(patients.c.id, patients.c.archived_at).where(patients.c.id == patient_id)
+    if not place.professional_active:
+        raise InvalidInput(
+            f"{place.professional_name} is no longer active: book another professional"
         )
-    ).one_or_none()
-    if row is None:
+
+
+def _check_patient(place: Any, patient_id: uuid.UUID) -> None:
+    if place.patient_id is None:
         raise InvalidInput(f"patient {patient_id} does not exist")
-    if row.archived_at is not None:
+    if place.patient_archived_at is not None:
         raise InvalidInput(f"patient {patient_id} is archived: restore the patient first")
 
 
@@ -531,11 +576,18 @@ async def _record(
 
 
 async def _write_treatments(
-    session: AsyncSession, appointment_id: uuid.UUID, item_ids: Sequence[uuid.UUID]
+    session: AsyncSession,
+    appointment_id: uuid.UUID,
+    item_ids: Sequence[uuid.UUID],
+    *,
+    replace: bool = True,
 ) -> None:
-    await session.execute(
-        delete(appointment_items).where(appointment_items.c.appointment_id == appointment_id)
-    )
+    """The appointment's treatments, in order; `replace=False` for a new appointment,
+    which has none to delete."""
+    if replace:
+        await session.execute(
+            delete(appointment_items).where(appointment_items.c.appointment_id == appointment_id)
+        )
     if item_ids:
         await session.execute(
             insert(appointment_items),
@@ -544,18 +596,6 @@ async def _write_treatments(
                 for n, item in enumerate(item_ids, start=1)
             ],
         )
-
-
-async def _check_place(
-    session: AsyncSession,
-    scope: Scope,
-    location_id: uuid.UUID,
-    cabinet_id: uuid.UUID,
-    professional_id: uuid.UUID,
-) -> None:
-    await _location(session, scope, location_id)
-    await _cabinet(session, cabinet_id, location_id)
-    await _active_professional(session, professional_id)
 
 
 async def _announce(
@@ -569,6 +609,17 @@ async def _announce(
     row = (
         await session.execute(select(appointments).where(appointments.c.id == appointment_id))
     ).one()
+    await _announce_row(session, event, row, actor, **extra)
+
+
+async def _announce_row(
+    session: AsyncSession,
+    event: type[AppointmentEvent],
+    row: Any,
+    actor: uuid.UUID | None,
+    **extra: Any,
+) -> None:
+    """Publish `event` about the appointment `row` (every column of it)."""
     await publish(
         session,
         event(
@@ -590,8 +641,9 @@ async def book(
     session: AsyncSession, scope: Scope, actor: uuid.UUID | None, data: AppointmentIn
 ) -> uuid.UUID:
     """Book an appointment (status `scheduled`); returns its id."""
-    await _check_place(session, scope, data.location_id, data.cabinet_id, data.professional_id)
-    await _patient(session, data.patient_id)
+    await _check_place(
+        session, scope, data.location_id, data.cabinet_id, data.professional_id, data.patient_id
+    )
     minutes = await treatment_minutes(session, data.treatments)
     ends_at = data.ends_at
     if ends_at is None:
@@ -609,13 +661,13 @@ async def book(
         "notes": data.notes,
         "booked_by": actor,
     }
-    row = await _no_double_booking(
-        session, insert(appointments).values(values).returning(appointments.c.id), values, None
-    )
-    await _write_treatments(session, row.id, data.treatments)
+    # The whole new row comes back, so the event needs no re-read.
+    statement = insert(appointments).values(values).returning(*appointments.c)
+    row = await _no_double_booking(session, statement, values, None)
+    await _write_treatments(session, row.id, data.treatments, replace=False)
     await _record(session, row.id, None, "scheduled", actor)
     appointment_id: uuid.UUID = row.id
-    await _announce(session, AppointmentBooked, appointment_id, actor)
+    await _announce_row(session, AppointmentBooked, row, actor)
     return appointment_id
 
 

@@ -11,6 +11,8 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 
 from dentalpin.modules.agenda.models import appointments, status_changes
+from dentalpin.modules.locations.models import cabinets
+from dentalpin.modules.patients.models import patients
 from tests.modules.agenda.world import World, at, make_world, utc
 
 APPOINTMENTS = "/api/v1/agenda/appointments"
@@ -53,6 +55,9 @@ async def test_booking_takes_the_length_from_the_treatments_and_records_who(worl
         ({"ends_at": at("08:00")}, "must be after starts_at"),
         ({"treatments": []}, "give ends_at"),
         ({"patient_id": str(uuid.uuid4())}, "patient"),
+        ({"patient_id": str(uuid.uuid4())}, "does not exist"),
+        ({"cabinet_id": str(uuid.uuid4())}, "does not exist"),
+        ({"professional_id": str(uuid.uuid4())}, "does not exist"),
         ({"treatments": [str(uuid.uuid4())]}, "catalog items do not exist"),
         ({"starts_at": "2030-01-07T09:00:00"}, "timezone"),
         ({"ends_at": "2030-01-08T09:00:00+01:00"}, "at most 12 hours"),
@@ -212,3 +217,31 @@ async def test_racing_bookings_over_http_give_one_booking_and_one_409(world: Wor
             await s.execute(select(status_changes).where(status_changes.c.appointment_id == live))
         ).all()
     assert str(live) == winner["id"] and len(history) == 1
+
+
+async def test_an_archived_patient_or_an_inactive_cabinet_cannot_be_booked(world: World):
+    """The booking's lookups (one statement) still tell which part is not bookable."""
+    async with world.platform.db.tenant(world.tenant.scope) as s:
+        archived = await s.scalar(
+            insert(patients)
+            .values(given_name="Ana", family_name="Archivada", archived_at=utc("08:00"))
+            .returning(patients.c.id)
+        )
+        closed = await s.scalar(
+            insert(cabinets)
+            .values(location_id=world.loc_a, name="Cerrado", active=False)
+            .returning(cabinets.c.id)
+        )
+    async with world.http() as http:
+        by_patient = await http.post(
+            APPOINTMENTS,
+            json=world.booking(starts_at=at("19:00"), patient_id=str(archived)),
+            headers=world.tokens["receptionist"],
+        )
+        by_cabinet = await http.post(
+            APPOINTMENTS,
+            json=world.booking(starts_at=at("19:00"), cabinet_id=str(closed)),
+            headers=world.tokens["receptionist"],
+        )
+    assert by_patient.status_code == 422 and "is archived" in by_patient.text
+    assert by_cabinet.status_code == 422 and "'Cerrado' is not active" in by_cabinet.text
