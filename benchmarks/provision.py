@@ -24,6 +24,8 @@ import shutil
 import sys
 import tempfile
 import time
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +44,11 @@ from _common import (
     server_version,
 )
 
-from dentalpin.platform._db import Database, TenantScope
+from dentalpin.platform._db import Database
 from dentalpin.platform._runtime import Platform
 from dentalpin.platform._settings import Settings
 from dentalpin.tenants import create_tenant, migrate_platform, sync_catalogue
-from dentalpin.tenants._catalogue import create_schema_and_role
+from dentalpin.tenants._catalogue import TenantRecord, create_schema_and_role
 from dentalpin.tenants._images import DdlImage, image_for
 from dentalpin.tenants._lineage import lineages
 from dentalpin.tenants._spares import fill_spares, spare_pool
@@ -67,7 +69,16 @@ def _stats(values: list[float]) -> dict[str, float]:
 async def setup_statements(platform: Platform) -> list[str]:
     """What create_schema_and_role and the tenant search path send, captured on the wire
     (in a transaction that is rolled back) with a placeholder schema name."""
-    scope = TenantScope(PLACEHOLDER, f"{platform.settings.role_prefix}{PLACEHOLDER}")
+    placeholder = TenantRecord(
+        id=uuid.uuid4(),
+        slug="bench-placeholder",
+        name="placeholder",
+        schema_name=PLACEHOLDER,
+        db_role=f"{platform.settings.role_prefix}{PLACEHOLDER}",
+        status="provisioning",
+        placement="default",
+        created_at=datetime.now(UTC),
+    )
     sent: list[str] = []
 
     def record(_c: Any, _cur: Any, statement: str, parameters: Any, *_rest: Any) -> None:
@@ -78,7 +89,7 @@ async def setup_statements(platform: Platform) -> list[str]:
         sync: Connection = conn.sync_connection  # type: ignore[assignment]
         event.listen(sync, "before_cursor_execute", record)
         try:
-            await create_schema_and_role(conn, scope)
+            await create_schema_and_role(conn, placeholder, platform.settings)
         finally:
             event.remove(sync, "before_cursor_execute", record)
             await transaction.rollback()
