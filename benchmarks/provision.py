@@ -1,6 +1,6 @@
 """Provisioning speed: `create_tenant` with every auto-install module, against the limit.
 
-    python benchmarks/provision.py [--json] [--tenants 20] [--runs 20]
+    python benchmarks/provision.py [--json] [--tenants 20] [--runs 20] [--modules fx_people]
 
 Creates its own database (on DATABASE_URL's server, default
 postgresql://postgres@127.0.0.1:5432/postgres) and drops it, with its roles, at the end.
@@ -45,6 +45,7 @@ from _common import (
 )
 
 from dentalpin.platform._db import Database
+from dentalpin.platform._registry import Registry
 from dentalpin.platform._runtime import Platform
 from dentalpin.platform._settings import Settings
 from dentalpin.tenants import create_tenant, migrate_platform, sync_catalogue
@@ -134,7 +135,16 @@ async def measure_limit(dsn: str, script: str, runs: int) -> list[float]:
     return times
 
 
-async def run(tenants: int, runs: int, warmup: int) -> dict[str, Any]:
+def registry_of(only: list[str] | None) -> Registry:
+    """Every discovered module, or only `only` and their dependencies: `--modules fx_people`
+    is the configuration of the runs recorded before the built-in clinic modules existed."""
+    every = Registry.discover()
+    if not only:
+        return every
+    return Registry.from_classes(type(every.get(name).module) for name in every.closure(only))
+
+
+async def run(tenants: int, runs: int, warmup: int, only: list[str] | None) -> dict[str, Any]:
     host = machine()  # before the run: the load average says how busy the box was
     db = await BenchDatabase.create()
     data_dir = Path(tempfile.mkdtemp(prefix="dpbench-"))
@@ -147,7 +157,7 @@ async def run(tenants: int, runs: int, warmup: int) -> dict[str, Any]:
             role_prefix=db.prefix,
             environment="test",
         )
-        imaged = Platform.create(settings)
+        imaged = Platform.create(settings, registry_of(only))
         platforms.append(imaged)
         await migrate_platform(imaged)
         await sync_catalogue(imaged)
@@ -185,6 +195,7 @@ async def run(tenants: int, runs: int, warmup: int) -> dict[str, Any]:
 
         result: dict[str, Any] = {
             "benchmark": "provision",
+            "registry": only if only else "every discovered module",
             "tenants": tenants,
             "limit_runs": runs,
             "modules": modules,
@@ -251,8 +262,14 @@ def main() -> None:
     parser.add_argument("--tenants", type=int, default=20, help="tenants per path")
     parser.add_argument("--runs", type=int, default=20, help="runs of the physical limit")
     parser.add_argument("--warmup", type=int, default=3, help="unmeasured runs first")
+    parser.add_argument(
+        "--modules",
+        default="",
+        help="comma-separated: a registry of only these modules and their dependencies",
+    )
     args = parser.parse_args()
-    result = asyncio.run(run(args.tenants, args.runs, args.warmup))
+    only = [m for m in args.modules.split(",") if m] or None
+    result = asyncio.run(run(args.tenants, args.runs, args.warmup, only))
     report(result)
     emit(result, args.json)
 
