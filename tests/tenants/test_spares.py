@@ -98,6 +98,7 @@ async def test_concurrent_sign_ups_claim_different_spares(fresh_platform):
         # A sign-up in progress holds one spare; the others skip it instead of waiting.
         held = await claim_spare(platform, conn, unique_slug("held"), "Held")
         assert held is not None
+        held_schema = held.tenant.schema_name
         first, second = await asyncio.wait_for(
             asyncio.gather(
                 create_tenant(platform, unique_slug("one")),
@@ -105,11 +106,11 @@ async def test_concurrent_sign_ups_claim_different_spares(fresh_platform):
             ),
             timeout=30,
         )
-        assert {first.schema_name, second.schema_name} == spares - {held.schema_name}
+        assert {first.schema_name, second.schema_name} == spares - {held_schema}
         await conn.rollback()  # the held sign-up failed: its spare is back in the pool
     assert (await spare_pool(platform)).ready == 1
     third = await create_tenant(platform, unique_slug("three"))
-    assert third.schema_name == held.schema_name
+    assert third.schema_name == held_schema
     fourth = await create_tenant(platform, unique_slug("four"))  # pool empty: made from nothing
     assert fourth.schema_name not in spares
 
