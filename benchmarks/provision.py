@@ -10,7 +10,9 @@ Measured, alternating so drift hits both paths alike:
   - create_tenant claiming spare schemas (DESIGN §4 b), the pool filled before timing;
   - the physical limit: the same DDL (schema and role set-up plus the captured images of
     every auto-install module) sent as one SQL script, in one transaction, over an
-    already open connection.
+    already open connection. The set-up includes the event kernel every schema gets; the
+    same script without it is measured too, as a reference for the runs recorded before
+    the events core (not the limit the target is judged by).
 Target: p50 of create_tenant within 1.5x of the limit's p50, or faster (spare schemas).
 """
 
@@ -45,6 +47,7 @@ from _common import (
 )
 
 from dentalpin.platform._db import Database
+from dentalpin.platform._kernel import kernel_ddl
 from dentalpin.platform._registry import Registry
 from dentalpin.platform._runtime import Platform
 from dentalpin.platform._settings import Settings
@@ -100,8 +103,12 @@ async def setup_statements(platform: Platform) -> list[str]:
     return sent
 
 
-async def limit_script(platform: Platform) -> str:
-    """Set-up statements plus every auto-install module's image, dependencies first."""
+async def limit_script(platform: Platform, *, kernel: bool = True) -> str:
+    """Set-up statements plus every auto-install module's image, dependencies first.
+
+    `kernel=False` leaves out the event kernel's DDL (three tables, three functions, a
+    trigger), which `create_schema_and_role` sends since the events core: a reference
+    for comparing with runs recorded before it, not the limit the target is judged by."""
     every = lineages(platform.registry, platform.state)
     modules = [
         m
@@ -109,6 +116,11 @@ async def limit_script(platform: Platform) -> str:
         if every[m].script is not None
     ]
     parts = await setup_statements(platform)
+    if not kernel:
+        ddl = kernel_ddl(PLACEHOLDER, platform.settings.events_nudge_grace_s)
+        if not set(ddl) <= set(parts):
+            raise SystemExit("the kernel's DDL was not found in the captured set-up")
+        parts = [p for p in parts if p not in ddl]
     async with platform.db.engine.connect() as conn, conn.begin():
         for module in modules:
             image = await image_for(platform, conn, module)
@@ -192,6 +204,9 @@ async def run(tenants: int, runs: int, warmup: int, only: list[str] | None) -> d
         script = await limit_script(imaged)
         await measure_limit(db.url, script, warmup)  # warm the server's caches
         limit = await measure_limit(db.url, script, runs)
+        reference = await limit_script(imaged, kernel=False)
+        await measure_limit(db.url, reference, warmup)
+        limit_without_kernel = await measure_limit(db.url, reference, runs)
 
         result: dict[str, Any] = {
             "benchmark": "provision",
@@ -203,6 +218,7 @@ async def run(tenants: int, runs: int, warmup: int, only: list[str] | None) -> d
             "create_tenant_alembic": _stats(timings["alembic"]),
             "create_tenant_spares": _stats(timings["spares"]),
             "physical_limit": _stats(limit),
+            "physical_limit_without_kernel": _stats(limit_without_kernel),
             "limit_statements": script.count("\n;\n"),  # between begin and commit
         }
         ratio = p50(timings["images"]) / p50(limit)
@@ -213,6 +229,9 @@ async def run(tenants: int, runs: int, warmup: int, only: list[str] | None) -> d
         )
         spares_ratio = p50(timings["spares"]) / p50(limit)
         result["ratio_spares_to_limit"] = round(spares_ratio, 2)
+        result["ratio_spares_to_limit_without_kernel"] = round(
+            p50(timings["spares"]) / p50(limit_without_kernel), 2
+        )
         result["target_ratio"] = TARGET_RATIO
         result["target_met"] = ratio <= TARGET_RATIO
         result["target_met_spares"] = spares_ratio <= TARGET_RATIO
@@ -237,6 +256,7 @@ def report(result: dict[str, Any]) -> None:
         ("create_tenant, Alembic", "create_tenant_alembic"),
         ("create_tenant, spare schemas", "create_tenant_spares"),
         ("physical limit (one script)", "physical_limit"),
+        ("  the same without the kernel", "physical_limit_without_kernel"),
     ):
         s = result[key]
         print(
@@ -252,7 +272,8 @@ def report(result: dict[str, Any]) -> None:
     print(
         f"  ratio p50 spares/limit {result['ratio_spares_to_limit']:.2f} "
         f"(target <= {result['target_ratio']}: "
-        f"{'met' if result['target_met_spares'] else 'MISSED'})"
+        f"{'met' if result['target_met_spares'] else 'MISSED'}); against the limit without "
+        f"the event kernel (reference) {result['ratio_spares_to_limit_without_kernel']:.2f}"
     )
 
 
