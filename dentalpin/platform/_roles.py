@@ -4,13 +4,15 @@ roles defined by a clinic, and the platform's own permissions for managing them.
 from __future__ import annotations
 
 import uuid
+import weakref
+from collections.abc import Iterable
+from dataclasses import dataclass
 
-from sqlalchemy import delete, select, text
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from ._registry import Registry
-from ._tables import role_permissions, roles, tenant_modules
+from ._tables import roles, tenant_modules
 
 BUILTIN_ROLES: dict[str, str] = {
     "admin": "Runs the clinic on the platform: members, roles, modules, audit",
@@ -81,71 +83,137 @@ def assignable_permissions(registry: Registry, installed: list[str]) -> dict[str
     return found
 
 
+# The whole sync in one statement. `installed` is what the tenant has once the caller's
+# change is done; `granted` and `seeded` are what the system roles hold and which system
+# roles exist, given it. A role name a clinic's custom role already has stays the clinic's
+# (neither created nor granted to); system roles lose what is no longer granted and gain
+# what is; custom roles lose the permissions of modules no longer installed. The sub-
+# statements touch disjoint rows (system against custom roles), and the foreign keys of
+# permissions granted to a role created here are checked at the statement's end, after it.
+_SYNC_ROLES = text(
+    """
+    with installed(module) as (
+        select tm.module from platform.tenant_modules tm
+         where tm.tenant_id = cast(:tenant as uuid) and tm.state = 'installed'
+           and tm.module <> all(cast(:removing as text[]))
+        union
+        select unnest(cast(:adding as text[]))
+    ), granted(role, permission) as (
+        select distinct o.role, o.permission
+          from unnest(cast(:grant_modules as text[]), cast(:grant_roles as text[]),
+                      cast(:grant_permissions as text[])) as o(module, role, permission)
+         where o.module = '' or o.module in (select i.module from installed i)
+    ), seeded(name, description) as (
+        select distinct on (n.name) n.name, n.description
+          from unnest(cast(:role_modules as text[]), cast(:role_names as text[]),
+                      cast(:role_descriptions as text[])) as n(module, name, description)
+         where n.module = '' or n.module in (select i.module from installed i)
+         order by n.name
+    ), existing as (
+        select r.name, r.builtin from platform.roles r where r.tenant_id = cast(:tenant as uuid)
+    ), created as (
+        insert into platform.roles (tenant_id, name, description, builtin)
+        select cast(:tenant as uuid), s.name, s.description, true from seeded s
+         where not exists (select 1 from existing e where e.name = s.name)
+        on conflict do nothing
+        returning name
+    ), system(name) as (
+        select e.name from existing e where e.builtin
+        union
+        select s.name from seeded s
+         where not exists (select 1 from existing e where e.name = s.name)
+    ), wanted as (
+        select g.role, g.permission from granted g where g.role in (select name from system)
+    ), revoked as (
+        delete from platform.role_permissions rp
+         where rp.tenant_id = cast(:tenant as uuid) and rp.role in (select name from system)
+           and not exists (
+                select 1 from wanted w where w.role = rp.role and w.permission = rp.permission)
+        returning 1
+    ), added as (
+        insert into platform.role_permissions (tenant_id, role, permission)
+        select cast(:tenant as uuid), w.role, w.permission from wanted w
+        on conflict do nothing
+        returning 1
+    ), stripped as (
+        delete from platform.role_permissions rp using platform.roles r
+         where rp.tenant_id = cast(:tenant as uuid) and r.tenant_id = rp.tenant_id
+           and r.name = rp.role and not r.builtin
+           and split_part(rp.permission, '.', 1) <> 'platform'
+           and split_part(rp.permission, '.', 1) not in (select i.module from installed i)
+        returning 1
+    )
+    select (select count(*) from created) as created, (select count(*) from revoked) as revoked,
+           (select count(*) from added) as added, (select count(*) from stripped) as stripped
+    """
+)
+
+
+@dataclass(frozen=True)
+class _Offer:
+    """Every grant and system role any module of a registry could bring, tagged with its
+    module ('' for the platform's own), as the arrays `_SYNC_ROLES` filters by what is
+    installed. Built once per registry: manifests do not change in a process."""
+
+    grants: dict[str, list[str]]
+    roles: dict[str, list[str]]
+
+
+_offers: weakref.WeakKeyDictionary[Registry, _Offer] = weakref.WeakKeyDictionary()
+
+
+def _offer(registry: Registry) -> _Offer:
+    offer = _offers.get(registry)
+    if offer is None:
+        grants: list[tuple[str, str, str]] = [
+            ("", ADMIN_ROLE, p) for p in sorted(PLATFORM_PERMISSIONS)
+        ] + [("", SUPPORT_ROLE, "platform.audit.read")]
+        roles: list[tuple[str, str, str]] = [("", r, d) for r, d in BUILTIN_ROLES.items()]
+        for spec in registry:
+            for role, permissions in sorted(spec.manifest.qualified_grants().items()):
+                grants += [(spec.name, role, p) for p in sorted(permissions)]
+                description = BUILTIN_ROLES.get(role, role.replace("_", " ").capitalize())
+                roles.append((spec.name, role, description))
+        offer = _Offer(
+            grants={
+                "grant_modules": [m for m, _, _ in grants],
+                "grant_roles": [r for _, r, _ in grants],
+                "grant_permissions": [p for _, _, p in grants],
+            },
+            roles={
+                "role_modules": [m for m, _, _ in roles],
+                "role_names": [r for _, r, _ in roles],
+                "role_descriptions": [d for _, _, d in roles],
+            },
+        )
+        _offers[registry] = offer
+    return offer
+
+
 async def sync_roles(
-    conn: Conn, registry: Registry, tenant_id: uuid.UUID, installed: list[str] | None = None
+    conn: Conn,
+    registry: Registry,
+    tenant_id: uuid.UUID,
+    *,
+    adding: Iterable[str] = (),
+    removing: Iterable[str] = (),
 ) -> None:
     """Make the tenant's system roles hold exactly what its installed modules grant, and
     take from custom roles the permissions of modules that are no longer installed.
 
-    `installed` overrides what `platform.tenant_modules` says (a lifecycle listener knows
-    the outcome before every row is written)."""
-    if installed is None:
-        installed = await installed_modules(conn, tenant_id)
-    grants = seeded_grants(registry, installed)
-    existing = {
-        row.name: row.builtin
-        for row in await conn.execute(
-            select(roles.c.name, roles.c.builtin).where(roles.c.tenant_id == tenant_id)
-        )
-    }
-    new_roles = []
-    for role in list(grants):
-        if role in existing and not existing[role]:
-            grants.pop(role)  # a clinic's custom role of that name stays the clinic's
-        elif role not in existing:
-            new_roles.append(
-                {
-                    "tenant_id": tenant_id,
-                    "name": role,
-                    "description": BUILTIN_ROLES.get(role, role.replace("_", " ").capitalize()),
-                    "builtin": True,
-                }
-            )
-    if new_roles:  # one statement, not one round trip per role
-        await conn.execute(pg_insert(roles).values(new_roles).on_conflict_do_nothing())
-    system = sorted({r for r, builtin in existing.items() if builtin} | set(grants))
-    current = {
-        (row.role, row.permission)
-        for row in await conn.execute(
-            select(role_permissions.c.role, role_permissions.c.permission).where(
-                role_permissions.c.tenant_id == tenant_id, role_permissions.c.role.in_(system)
-            )
-        )
-    }
-    wanted = {(role, p) for role, permissions in grants.items() for p in permissions}
-    for role, permission in sorted(current - wanted):
-        await conn.execute(
-            delete(role_permissions).where(
-                role_permissions.c.tenant_id == tenant_id,
-                role_permissions.c.role == role,
-                role_permissions.c.permission == permission,
-            )
-        )
-    missing = sorted(wanted - current)
-    if missing:
-        await conn.execute(
-            pg_insert(role_permissions)
-            .values([{"tenant_id": tenant_id, "role": r, "permission": p} for r, p in missing])
-            .on_conflict_do_nothing()
-        )
+    Installed means the `installed` rows of `platform.tenant_modules`, plus `adding` and
+    minus `removing` (a lifecycle listener knows the outcome before every row is written).
+    One round trip (`_SYNC_ROLES`); `seeded_grants` says the same in Python."""
+    offer = _offer(registry)
     await conn.execute(
-        text(
-            "delete from platform.role_permissions rp using platform.roles r"
-            " where rp.tenant_id = :tenant and r.tenant_id = rp.tenant_id and r.name = rp.role"
-            " and not r.builtin and split_part(rp.permission, '.', 1) <> 'platform'"
-            " and split_part(rp.permission, '.', 1) <> all(cast(:installed as text[]))"
-        ),
-        {"tenant": tenant_id, "installed": installed},
+        _SYNC_ROLES,
+        {
+            "tenant": tenant_id,
+            "adding": sorted(adding),
+            "removing": sorted(removing),
+            **offer.grants,
+            **offer.roles,
+        },
     )
 
 

@@ -118,6 +118,7 @@ async def install(op: Operation, names: list[str]) -> list[str]:
     for index, name in enumerate(plan):
         revision, created, _dropped = await _migrate(op, name)
         manifest = registry.get(name).manifest
+        settings = manifest.default_settings()
         await _save_state(
             op,
             name,
@@ -125,14 +126,13 @@ async def install(op: Operation, names: list[str]) -> list[str]:
             version=manifest.version,
             revision=revision,
             owned_objects=sorted(created),
-            settings=manifest.default_settings(),
+            settings=settings,
             installed_at=datetime.now(UTC),
             archive_id=None,
             error=None,
         )
         if not op.spare:
-            await _hook(op, name, "on_install")
-            await _hook(op, name, "seed")
+            await _hooks(op, [HookCall(name, hook, settings) for hook in INSTALL_HOOKS])
         await op.progress((index + 1) / len(plan), f"installed {name}")
         await op.log(f"installed {name} {manifest.version} (revision {revision})")
     if not op.spare:
@@ -140,19 +140,15 @@ async def install(op: Operation, names: list[str]) -> list[str]:
     return plan
 
 
-async def seed_installed(op: Operation, names: list[str]) -> None:
-    """What `install` does after the migrations, for modules a spare schema already has:
-    their install and seed hooks, dependencies first, then the announcement (tenant roles)."""
-    ordered = op.platform.registry.ordered(names)
-    now = datetime.now(UTC)
-    await op.conn.execute(
-        update(tenant_modules)
-        .where(tenant_modules.c.tenant_id == op.tenant.id, tenant_modules.c.module.in_(ordered))
-        .values(installed_at=now, updated_at=now)
+async def seed_installed(op: Operation, settings: dict[str, dict[str, Any]]) -> None:
+    """What `install` does after the migrations, for modules a spare schema already has
+    (`{module: settings}`, as the claim read them): their install and seed hooks,
+    dependencies first, then the announcement (tenant roles). The claim stamped their
+    `installed_at`."""
+    ordered = op.platform.registry.ordered(settings)
+    await _hooks(
+        op, [HookCall(name, hook, settings[name]) for name in ordered for hook in INSTALL_HOOKS]
     )
-    for name in ordered:
-        await _hook(op, name, "on_install")
-        await _hook(op, name, "seed")
     await announce(op, dict.fromkeys(ordered, "installed"))
 
 
@@ -221,25 +217,65 @@ def _requirements_checker(
     return check
 
 
-async def _hook(op: Operation, name: str, hook: str, **extra: Any) -> None:
+INSTALL_HOOKS = ("on_install", "seed")
+
+
+@dataclass(frozen=True)
+class HookCall:
+    """One module hook to call, with the module's settings as the operation knows them
+    (read or written by it: no hook changes them, so they are not read again)."""
+
+    module: str
+    hook: str
+    settings: dict[str, Any] | None
+    from_version: str | None = None
+
+
+async def _hook(
+    op: Operation,
+    name: str,
+    hook: str,
+    settings: dict[str, Any] | None,
+    from_version: str | None = None,
+) -> None:
     """Call a module hook in a session confined to the tenant's schema and role."""
-    module = op.platform.registry.get(name).module
-    if getattr(type(module), hook) is getattr(Module, hook):
-        return  # not overridden: skip the session, its role switch and their round trips
-    states = await op.states()
+    await _hooks(op, [HookCall(name, hook, settings, from_version)])
+
+
+async def _hooks(op: Operation, calls: list[HookCall]) -> None:
+    """Call module hooks one after another, each in its own session (a savepoint) confined
+    to the tenant's schema and role, then take the owner back for the DDL that follows.
+
+    Each session sets the tenant's search path and role when it begins, so nothing between
+    two hooks needs the owner: it is taken back once, after the last. A hook that raises
+    leaves its savepoint rolled back (and with it its role switch) but an earlier hook's
+    role in force, so a caller that goes on after an exception calls one hook at a time
+    (`_hook`), as the uninstall plan does for vetoes."""
+    switched = False
+    for call in calls:
+        switched = await _call_hook(op, call) or switched
+    if switched:
+        # The hooks' sessions took the tenant role for the rest of the transaction.
+        await op.conn.execute(text("set local role none"))
+
+
+async def _call_hook(op: Operation, call: HookCall) -> bool:
+    """Run one hook; False when the module does not override it (no session was opened)."""
+    module = op.platform.registry.get(call.module).module
+    if getattr(type(module), call.hook) is getattr(Module, call.hook):
+        return False  # not overridden: skip the session, its role switch and their round trips
     session = op.platform.db.session_on(op.conn, op.tenant.scope)
     async with session:
         ctx = LifecycleContext(
             tenant=op.tenant.ref,
             session=session,
-            settings=dict(states.get(name, {}).get("settings") or {}),
+            settings=dict(call.settings or {}),
             log=op.log,
-            from_version=extra.get("from_version"),
+            from_version=call.from_version,
         )
-        await getattr(module, hook)(ctx)
+        await getattr(module, call.hook)(ctx)
         await session.commit()
-    # The hook's session took the tenant role for the rest of the transaction; DDL needs the owner.
-    await op.conn.execute(text("set local role none"))
+    return True
 
 
 async def _save_state(op: Operation, name: str, **values: Any) -> None:
@@ -284,7 +320,7 @@ async def upgrade(op: Operation, names: list[str] | None = None) -> list[dict[st
             error=None,
         )
         if not op.spare:
-            await _hook(op, name, "on_upgrade", from_version=state["version"])
+            await _hook(op, name, "on_upgrade", state["settings"], from_version=state["version"])
         done.append(
             {
                 "module": name,
@@ -346,7 +382,7 @@ async def plan_uninstall(op: Operation, name: str, cascade: bool) -> UninstallPl
     vetoes = {}
     for module in order:
         try:
-            await _hook(op, module, "before_uninstall")
+            await _hook(op, module, "before_uninstall", states[module]["settings"])
         except UninstallVeto as veto:
             vetoes[module] = veto.detail
     return UninstallPlan(order, tables, vetoes)
@@ -385,7 +421,7 @@ async def uninstall(
         await op.conn.execute(text(f"lock table {names} in share mode"))
     archived = {}
     for index, module in enumerate(plan.modules):
-        await _hook(op, module, "on_uninstall")
+        await _hook(op, module, "on_uninstall", states[module]["settings"])
         archive_id = await _archive_module(op, module, states[module], list(plan.tables[module]))
         await _drop_module(op, module, states[module])
         await _save_state(

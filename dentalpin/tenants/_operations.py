@@ -105,14 +105,13 @@ async def create_tenant(
         claimed = await claim_spare(platform, conn, slug, name)
         if claimed is not None:
             # Migrated in advance; what remains is the clinic's: seed, hooks, roles, extras.
-            op = Operation(platform, conn, claimed, log, progress)
-            await op.begin()
-            installed = await op.installed()
-            await seed_installed(op, installed)
-            extra = [m for m in wanted if m not in installed]
+            # The claim already did what `Operation.begin` does (lock timeout, search path).
+            op = Operation(platform, conn, claimed.tenant, log, progress)
+            await seed_installed(op, claimed.settings)
+            extra = [m for m in wanted if m not in claimed.settings]
             if extra:
                 await install(op, extra)
-            tenant = claimed
+            tenant = claimed.tenant
         else:
             tenant = await _provision(platform, conn, slug, name, wanted, log, progress)
         if reseller_id is not None:

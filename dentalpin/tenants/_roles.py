@@ -4,7 +4,7 @@ never holds a permission of a module the tenant does not have, not even for a mo
 
 from __future__ import annotations
 
-from dentalpin.platform._roles import installed_modules, sync_roles
+from dentalpin.platform._roles import sync_roles
 
 from ._lifecycle import Operation, on_modules_changed
 
@@ -13,10 +13,10 @@ from ._lifecycle import Operation, on_modules_changed
 async def sync_tenant_roles(op: Operation, changes: dict[str, str]) -> None:
     # The announced changes win over the module rows: a tenant archive announces before it
     # marks its modules uninstalled.
-    installed = set(await installed_modules(op.conn, op.tenant.id))
-    for module, change in changes.items():
-        if change == "uninstalled":
-            installed.discard(module)
-        else:
-            installed.add(module)
-    await sync_roles(op.conn, op.platform.registry, op.tenant.id, sorted(installed))
+    await sync_roles(
+        op.conn,
+        op.platform.registry,
+        op.tenant.id,
+        adding=[m for m, change in changes.items() if change != "uninstalled"],
+        removing=[m for m, change in changes.items() if change == "uninstalled"],
+    )

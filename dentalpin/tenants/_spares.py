@@ -17,11 +17,13 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, insert, text, update
+from sqlalchemy import Text, insert, text
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from dentalpin.platform import Conflict
+from dentalpin.platform._db import EXTENSIONS_SCHEMA
 from dentalpin.platform._runtime import Platform
 from dentalpin.platform._tables import tenants
 
@@ -43,15 +45,45 @@ _MODULES_OF_SPARE = """
    from platform.tenant_modules tm
   where tm.tenant_id = t.id and tm.state = 'installed')
 """
+# The whole claim in one round trip. `spare` takes the oldest claimable spare no other
+# sign-up holds (SKIP LOCKED: concurrent claims take different spares) and, as the lock
+# the fleet upgrade of that spare would hold, the tenant's lifecycle key: if it is taken
+# (an upgrade is running) nothing is claimed. `claimed` makes it the clinic's; `modules`
+# stamps the spare's modules installed for the clinic now and hands their settings to the
+# hooks; the select puts the transaction where `Operation.begin` would (lock timeout, the
+# tenant's search path). Nothing is returned, and nothing set, when no spare was claimed.
 _CLAIM = text(
     f"""
-    select t.id from platform.tenants t
-     where t.status = 'spare' and {_MODULES_OF_SPARE} = cast(:expected as jsonb)
-     order by t.created_at, t.id
-     for update of t skip locked
-     limit 1
+    with spare as materialized (
+        select t.id from platform.tenants t
+         where t.status = 'spare' and {_MODULES_OF_SPARE} = cast(:expected as jsonb)
+         order by t.created_at, t.id
+         for update of t skip locked
+         limit 1
+    ), claimed as (
+        update platform.tenants t
+           set slug = :slug, name = :name, status = 'active',
+               created_at = now(), updated_at = now()
+          from spare
+         where t.id = spare.id
+           and pg_try_advisory_xact_lock(hashtextextended(concat('tenant:', spare.id), 0))
+        returning t.*
+    ), modules as (
+        update platform.tenant_modules tm
+           set installed_at = now(), updated_at = now()
+          from claimed
+         where tm.tenant_id = claimed.id and tm.state = 'installed'
+        returning tm.module, tm.settings
+    )
+    select claimed.*,
+           (select jsonb_object_agg(m.module, m.settings) from modules m) as module_settings,
+           set_config('lock_timeout', cast(:lock_timeout as text), true) as lock_timeout,
+           set_config('search_path',
+                      format('"%s", %s', claimed.schema_name, cast(:extensions as text)),
+                      true) as search_path
+      from claimed
     """
-)
+).columns(*tenants.c, module_settings=JSONB, lock_timeout=Text, search_path=Text)
 _COUNT = text(
     f"""
     select count(*) filter (where {_MODULES_OF_SPARE} = cast(:expected as jsonb)) as ready,
@@ -72,43 +104,46 @@ def expected_modules(platform: Platform) -> dict[str, list[str | None]]:
     }
 
 
+@dataclass(frozen=True)
+class ClaimedSpare:
+    """A spare made this tenant, inside the caller's transaction, which the claim has already
+    put in the tenant's schema with the DDL lock timeout (what `Operation.begin` does)."""
+
+    tenant: TenantRecord
+    settings: dict[str, dict[str, Any]]
+    """{module: settings} of the spare's installed modules: the auto-install closure."""
+
+
 async def claim_spare(
     platform: Platform, conn: AsyncConnection, slug: str, name: str
-) -> TenantRecord | None:
+) -> ClaimedSpare | None:
     """Make a claimable spare this tenant (in the caller's transaction), or None if there is
     none free. Concurrent claims take different spares (SKIP LOCKED)."""
-    spare_id = (
-        await conn.execute(_CLAIM, {"expected": json.dumps(expected_modules(platform))})
-    ).scalar()
-    if spare_id is None:
-        return None
-    # A fleet upgrade of this spare holds the tenant's lifecycle lock: leave the spare to it.
-    locked = (
-        await conn.execute(
-            text("select pg_try_advisory_xact_lock(hashtextextended(:key, 0))"),
-            {"key": f"tenant:{spare_id}"},
-        )
-    ).scalar()
-    if not locked:
-        return None
+    expected = expected_modules(platform)
     try:
         row = (
             await conn.execute(
-                update(tenants)
-                .where(tenants.c.id == spare_id)
-                .values(
-                    slug=slug,
-                    name=name,
-                    status="active",
-                    created_at=func.now(),
-                    updated_at=func.now(),
-                )
-                .returning(*tenants.c)
+                _CLAIM,
+                {
+                    "expected": json.dumps(expected),
+                    "slug": slug,
+                    "name": name,
+                    "lock_timeout": f"{int(platform.settings.ddl_lock_timeout_ms)}ms",
+                    "extensions": EXTENSIONS_SCHEMA,
+                },
             )
-        ).one()
+        ).first()
     except IntegrityError:
         raise Conflict(f"a tenant with slug '{slug}' already exists") from None
-    return tenant_record(row)
+    if row is None:
+        return None
+    tenant = tenant_record(row)
+    settings: dict[str, dict[str, Any]] = dict(row.module_settings or {})
+    # Both were set in SQL from the row; the scope's own rules (validated names, the one
+    # search-path format) must agree, else the transaction is abandoned here.
+    if row.search_path != tenant.scope.search_path or set(settings) != set(expected):
+        raise RuntimeError(f"claiming spare {tenant.schema_name} set an unexpected scope")
+    return ClaimedSpare(tenant, settings)
 
 
 async def make_spare(platform: Platform, log: Log = _quiet) -> TenantRecord:

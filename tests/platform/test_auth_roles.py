@@ -6,13 +6,18 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, insert, select
 
 from dentalpin.platform._audit import CLI
 from dentalpin.platform._errors import Conflict
 from dentalpin.platform._identity import set_membership
-from dentalpin.platform._roles import BUILTIN_ROLES, PLATFORM_PERMISSIONS
-from dentalpin.platform._tables import audit_log, role_permissions
+from dentalpin.platform._roles import (
+    BUILTIN_ROLES,
+    PLATFORM_PERMISSIONS,
+    seeded_grants,
+    sync_roles,
+)
+from dentalpin.platform._tables import audit_log, role_permissions, roles
 from dentalpin.tenants import create_tenant, module_states
 from tests.conftest import unique_slug
 from tests.platform.identity import (
@@ -407,3 +412,52 @@ async def test_roles_follow_a_module_upgrade_that_changes_its_grants(platform, t
         assert "noted.note.write" in (await grants(p2, tenant))["dentist"]
     finally:
         await p2.close()
+
+
+async def test_sync_roles_keeps_the_rules_of_seeded_grants(platform):
+    """The one-statement sync against the rules written in Python (`seeded_grants`): system
+    roles hold exactly the installed grants, a clinic's custom role keeps a system role's
+    name and is never granted to, custom roles lose uninstalled modules' permissions."""
+    tenant = await create_tenant(platform, unique_slug("sync"), modules=["recall"])
+    async with platform.db.engine.connect() as conn:
+        states = await module_states(conn, tenant.id)
+    installed = sorted(m for m, s in states.items() if s["state"] == "installed")
+    assert "recall" in installed
+    custom = {"fx_people.person.read", "recall.reminder.read", "platform.audit.read"}
+    async with platform.db.engine.begin() as conn:
+        await conn.execute(delete(roles).where(roles.c.tenant_id == tenant.id))
+        await conn.execute(
+            insert(roles).values(tenant_id=tenant.id, name="receptionist", builtin=False)
+        )
+        await conn.execute(
+            insert(role_permissions).values(
+                [{"tenant_id": tenant.id, "role": "receptionist", "permission": p} for p in custom]
+            )
+        )
+        # Removing recall (as an uninstall's listener announces it, before the row changes).
+        await sync_roles(conn, platform.registry, tenant.id, removing=["recall"])
+
+    def expected(modules: list[str]) -> dict[str, set[str]]:
+        wanted = seeded_grants(platform.registry, modules)
+        del wanted["receptionist"]  # the clinic's own role of that name
+        return {role: permissions for role, permissions in wanted.items() if permissions}
+
+    without_recall = [m for m in installed if m != "recall"]
+    held = await grants(platform, tenant)
+    assert held.pop("receptionist") == custom - {"recall.reminder.read"}
+    assert held == expected(without_recall)
+    async with platform.db.engine.connect() as conn:
+        flags = dict(
+            (
+                await conn.execute(
+                    select(roles.c.name, roles.c.builtin).where(roles.c.tenant_id == tenant.id)
+                )
+            ).all()
+        )
+    assert flags == {**dict.fromkeys(BUILTIN_ROLES, True), "receptionist": False}
+
+    async with platform.db.engine.begin() as conn:
+        await sync_roles(conn, platform.registry, tenant.id)  # recall is still installed
+    held = await grants(platform, tenant)
+    assert held.pop("receptionist") == custom - {"recall.reminder.read"}
+    assert held == expected(installed)

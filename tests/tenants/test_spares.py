@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from pydantic import BaseModel
 from sqlalchemy import text
 
 from dentalpin.app import _lookup
@@ -20,6 +21,7 @@ from dentalpin.tenants import (
     tenants_behind,
     upgrade_fleet,
 )
+from dentalpin.tenants._catalogue import lock_tenant
 from dentalpin.tenants._introspect import describe_schema, schema_exists
 from dentalpin.tenants._spares import claim_spare, fill_spares, make_spare, spare_pool
 from tests.conftest import unique_slug
@@ -98,6 +100,7 @@ async def test_concurrent_sign_ups_claim_different_spares(fresh_platform):
         # A sign-up in progress holds one spare; the others skip it instead of waiting.
         held = await claim_spare(platform, conn, unique_slug("held"), "Held")
         assert held is not None
+        held_schema = held.tenant.schema_name
         first, second = await asyncio.wait_for(
             asyncio.gather(
                 create_tenant(platform, unique_slug("one")),
@@ -105,11 +108,11 @@ async def test_concurrent_sign_ups_claim_different_spares(fresh_platform):
             ),
             timeout=30,
         )
-        assert {first.schema_name, second.schema_name} == spares - {held.schema_name}
+        assert {first.schema_name, second.schema_name} == spares - {held_schema}
         await conn.rollback()  # the held sign-up failed: its spare is back in the pool
     assert (await spare_pool(platform)).ready == 1
     third = await create_tenant(platform, unique_slug("three"))
-    assert third.schema_name == held.schema_name
+    assert third.schema_name == held_schema
     fourth = await create_tenant(platform, unique_slug("four"))  # pool empty: made from nothing
     assert fourth.schema_name not in spares
 
@@ -178,3 +181,138 @@ async def test_a_claimed_tenant_uninstalls_and_archives_like_any_other(fresh_pla
     async with platform.db.engine.connect() as conn:
         assert not await schema_exists(conn, tenant.schema_name)
         assert (await all_tenants(conn, include_archived=True))[0].status == "archived"
+
+
+async def test_the_claim_puts_the_transaction_in_the_tenant_schema(fresh_platform):
+    platform = fresh_platform
+    spare = await make_spare(platform)
+    async with platform.db.engine.connect() as conn:
+        async with conn.begin():
+            claimed = await claim_spare(platform, conn, unique_slug("scoped"), "Scoped")
+            assert claimed is not None and claimed.tenant.id == spare.id
+            assert claimed.tenant.status == "active" and claimed.tenant.name == "Scoped"
+            assert set(claimed.settings) == set(platform.registry.auto_install()) | set(
+                platform.registry.closure(platform.registry.auto_install())
+            )
+            # What Operation.begin would have sent, sent with the claim instead.
+            timeout = text("select setting from pg_settings where name = 'lock_timeout'")
+            assert (await conn.execute(timeout)).scalar() == str(
+                platform.settings.ddl_lock_timeout_ms
+            )
+            assert (
+                await conn.execute(text("select current_setting('search_path')"))
+            ).scalar() == spare.scope.search_path
+            await conn.rollback()
+        # Transaction-local: gone with the transaction, and the spare is back in the pool.
+        async with conn.begin():
+            assert (
+                await conn.execute(text("select current_setting('search_path')"))
+            ).scalar() == ""
+    assert (await spare_pool(platform)).ready == 1
+
+
+async def test_a_spare_whose_lifecycle_lock_is_held_is_left_alone(fresh_platform):
+    platform = fresh_platform
+    spare = await make_spare(platform)
+    async with platform.db.engine.connect() as conn, conn.begin():
+        await lock_tenant(conn, spare.id, 1.0)  # what a fleet upgrade of the spare holds
+        made = await asyncio.wait_for(create_tenant(platform, unique_slug("busy")), timeout=30)
+        assert made.schema_name != spare.schema_name
+    assert (await spare_pool(platform)).ready == 1
+    claimed = await create_tenant(platform, unique_slug("free"))
+    assert claimed.schema_name == spare.schema_name
+
+
+async def test_a_failed_claim_leaves_the_spare_in_the_pool(fresh_platform):
+    platform = fresh_platform
+    taken = await create_tenant(platform, unique_slug("taken"))  # no spare yet: from nothing
+    spare = await make_spare(platform)
+    with pytest.raises(Conflict, match="already exists"):
+        await create_tenant(platform, taken.slug)
+    assert (await spare_pool(platform)).ready == 1
+    async with platform.db.engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text("select slug, status from platform.tenants where id = :id"),
+                {"id": spare.id},
+            )
+        ).one()
+        assert tuple(row) == (spare.slug, "spare")
+    # The pool refills to its target after claims.
+    assert (await create_tenant(platform, unique_slug("next"))).schema_name == spare.schema_name
+    assert await fill_spares(platform, 2) == 2
+    assert (await spare_pool(platform)).ready == 2
+
+
+class GreetingSettings(BaseModel):
+    greeting: str = "hola"
+
+
+HOOK_CALLS = {
+    "id": "h1",
+    "upgrade": "op.create_table('hook_calls', sa.Column('id', sa.Integer, primary_key=True), "
+    "sa.Column('hook', sa.Text), sa.Column('greeting', sa.Text), sa.Column('who', sa.Text))",
+    "downgrade": "op.drop_table('hook_calls')",
+}
+
+
+async def test_a_claim_runs_every_hook_of_a_third_party_module(fresh_platform, tmp_path):
+    hooked = build_module(
+        tmp_path,
+        "hooked",
+        [HOOK_CALLS],
+        hooks="""
+        fail = False
+
+        async def on_install(self, ctx):
+            await self.record(ctx, "on_install")
+
+        async def seed(self, ctx):
+            if type(self).fail:
+                raise RuntimeError("seed failed on purpose")
+            await self.record(ctx, "seed")
+
+        async def record(self, ctx, hook):
+            from sqlalchemy import text
+            await ctx.session.execute(
+                text("insert into hook_calls (hook, greeting, who) values (:h, :g, current_user)"),
+                {"h": hook, "g": ctx.settings["greeting"]},
+            )
+    """,
+        auto_install=True,
+        settings_model=GreetingSettings,
+        permissions={"call.read": "Read hook calls"},
+        role_grants={"dentist": ("call.read",)},
+    )
+    p = platform_with(fresh_platform, hooked)
+    try:
+        spare = await make_spare(p)
+        hooked.fail = True
+        with pytest.raises(RuntimeError, match="on purpose"):
+            await create_tenant(p, unique_slug("failing"))
+        assert (await spare_pool(p)).ready == 1  # rolled back: the spare is still a spare
+        hooked.fail = False
+        claimed = await create_tenant(p, unique_slug("hooked"))
+        assert claimed.schema_name == spare.schema_name
+        async with p.db.engine.connect() as conn:
+            calls = (
+                await conn.execute(
+                    text(f'select hook, greeting, who from "{claimed.schema_name}".hook_calls')
+                )
+            ).all()
+        # In order, with the module's settings, each under the tenant's role.
+        assert [tuple(c) for c in calls] == [
+            ("on_install", "hola", claimed.db_role),
+            ("seed", "hola", claimed.db_role),
+        ]
+        made = await create_tenant(p, unique_slug("made"))
+        got, expected = await picture(p, claimed), await picture(p, made)
+        # The failed claim's seeds used sequence values (sequences are not transactional).
+        for found in (got, expected):
+            found["people"] = [(name, kind) for _id, name, kind in found["people"]]
+        assert got == expected
+        assert any(
+            r.name == "dentist" and "hooked.call.read" in r.permissions for r in got["roles"]
+        )
+    finally:
+        await p.close()
