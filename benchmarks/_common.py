@@ -1,4 +1,4 @@
-"""What both benchmarks share: a database of their own, a role prefix of their own, output.
+"""What the benchmarks share: a database of their own, a role prefix of their own, output.
 
 Each benchmark creates its database and drops it at the end, with every role carrying
 its prefix (roles are cluster-wide, so dropping the database is not enough).
@@ -53,6 +53,20 @@ class BenchDatabase:
     @property
     def url(self) -> str:
         return server_dsn(self.name)
+
+    def settings(self, data_dir: Path, **changes: Any) -> Any:
+        """Platform settings on this database and role prefix (test environment, Redis
+        from REDIS_URL when set), with `changes` on top."""
+        from dentalpin.platform._settings import Settings
+
+        values: dict[str, Any] = {
+            "database_url": self.url,
+            "redis_url": os.environ.get("REDIS_URL"),
+            "data_dir": data_dir,
+            "role_prefix": self.prefix,
+            "environment": "test",
+        }
+        return Settings(**(values | changes))
 
     async def drop(self) -> None:
         conn = await asyncpg.connect(server_dsn())

@@ -80,7 +80,6 @@ from dentalpin.platform._audit import CLI
 from dentalpin.platform._auth import _new_session, memberships_of
 from dentalpin.platform._identity import create_user, set_membership
 from dentalpin.platform._runtime import Platform
-from dentalpin.platform._settings import Settings
 from dentalpin.tenants import TenantRecord, create_tenant, migrate_platform, sync_catalogue
 
 TARGET = 0.9
@@ -481,13 +480,7 @@ async def run(
     data_dir = Path(tempfile.mkdtemp(prefix="dpbench-"))
     platform: Platform | None = None
     try:
-        settings = Settings(
-            database_url=db.url,
-            redis_url=None,
-            data_dir=data_dir,
-            role_prefix=db.prefix,
-            environment="test",
-        )
+        settings = db.settings(data_dir, redis_url=None)
         platform = Platform.create(settings)
         cpu, statements = BackendCpu(), Statements()
         watch_backends(platform, cpu, statements)

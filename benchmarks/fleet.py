@@ -294,7 +294,6 @@ async def run(
         os.environ.update({k: env[k] for k in ("DATABASE_URL", "DENTALPIN_ROLE_PREFIX")})
 
         from dentalpin.platform._runtime import Platform
-        from dentalpin.platform._settings import Settings
         from dentalpin.tenants import (
             migrate_platform,
             sync_catalogue,
@@ -302,13 +301,7 @@ async def run(
             upgrade_fleet,
         )
 
-        settings = Settings(
-            database_url=db.url,
-            role_prefix=db.prefix,
-            data_dir=root / "data",
-            environment="test",
-            pool_size=max(10, concurrency, create_concurrency),
-        )
+        settings = db.settings(root / "data", pool_size=max(10, concurrency, create_concurrency))
         first = Platform.create(settings)
         platforms.append(first)
         if MODULE not in first.registry:

@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import cProfile
 import io
-import os
 import pstats
 import re
 import shutil
@@ -34,7 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import BenchDatabase
 
 from dentalpin.platform._runtime import Platform
-from dentalpin.platform._settings import Settings
 from dentalpin.tenants import create_tenant, migrate_platform, sync_catalogue
 from dentalpin.tenants._spares import fill_spares
 
@@ -63,13 +61,7 @@ async def profile(claims: int, cprofile_claims: int) -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="dpbench-"))
     platform: Platform | None = None
     try:
-        settings = Settings(
-            database_url=db.url,
-            redis_url=os.environ.get("REDIS_URL"),
-            data_dir=data_dir,
-            role_prefix=db.prefix,
-            environment="test",
-        )
+        settings = db.settings(data_dir)
         platform = Platform.create(settings)
         await migrate_platform(platform)
         await sync_catalogue(platform)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import secrets
 import shutil
 import sys
@@ -51,7 +50,6 @@ from dentalpin.platform._db import Database
 from dentalpin.platform._kernel import kernel_ddl
 from dentalpin.platform._registry import Registry
 from dentalpin.platform._runtime import Platform
-from dentalpin.platform._settings import Settings
 from dentalpin.tenants import create_tenant, migrate_platform, sync_catalogue
 from dentalpin.tenants._catalogue import TenantRecord, create_schema_and_role
 from dentalpin.tenants._images import DdlImage, image_for
@@ -196,13 +194,7 @@ async def run(tenants: int, runs: int, warmup: int, only: list[str] | None) -> d
     data_dir = Path(tempfile.mkdtemp(prefix="dpbench-"))
     platforms: list[Platform] = []
     try:
-        settings = Settings(
-            database_url=db.url,
-            redis_url=os.environ.get("REDIS_URL"),
-            data_dir=data_dir,
-            role_prefix=db.prefix,
-            environment="test",
-        )
+        settings = db.settings(data_dir)
         imaged = Platform.create(settings, registry_of(only))
         platforms.append(imaged)
         await migrate_platform(imaged)
