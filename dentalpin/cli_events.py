@@ -1,4 +1,4 @@
-"""`dentalpin events failed|retry|stats|deliver`: the event pipeline, for operators."""
+"""`dentalpin events failed|retry|stats|deliver|prune`: the event pipeline, for operators."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from dentalpin.platform._relay import dead_letters, deliver, pipeline_stats, retry_dead
+from dentalpin.platform._relay import dead_letters, deliver, pipeline_stats, prune, retry_dead
 from dentalpin.platform._runtime import Platform
 from dentalpin.tenants import find_tenant
 
@@ -130,6 +130,39 @@ def events_deliver(slug: str, as_json: JsonOpt = False) -> None:
                 f"fanned out {report.fanned_out}, delivered {report.delivered}, "
                 f"retrying {report.retried}, dead {report.dead}, skipped {report.skipped}"
                 + (" (more left: run again)" if report.more else "")
+            )
+
+    run(go)
+
+
+@events_app.command("prune")
+def events_prune(
+    tenant: TenantOpt = None,
+    older_than_days: Annotated[
+        float | None,
+        typer.Option(
+            min=0, help="Age of settled events to remove (default DENTALPIN_EVENTS_RETENTION_DAYS)."
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Remove settled events past their retention, with their deliveries and inbox rows
+    (beat does it hourly); events still pending, running or dead are kept."""
+    from dentalpin.cli import emit_json, out, run
+
+    async def go(platform: Platform) -> None:
+        days = (
+            platform.settings.events_retention_days if older_than_days is None else older_than_days
+        )
+        report = await prune(
+            platform, older_than_s=days * 86400, tenant_id=await _tenant_id(platform, tenant)
+        )
+        if as_json:
+            emit_json(report.as_dict())
+        else:
+            out.print(
+                f"removed {report.events} settled events older than {days:g} days "
+                f"({report.inbox} inbox rows) in {report.tenants} tenants"
             )
 
     run(go)

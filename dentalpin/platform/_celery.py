@@ -24,7 +24,7 @@ from . import _workers
 from ._jobs import reap_jobs, run_job
 from ._nudge import DELIVER_TASK, EVENTS_QUEUE, SWEEP_TASK, chunked, pending_key
 from ._periodic import run_chunk, tick
-from ._relay import DeliveryReport, deliver_many, sweep
+from ._relay import DeliveryReport, deliver_many, prune, sweep
 from ._settings import Settings, get_settings
 from ._workers import LIFECYCLE_QUEUE, REAP_TASK, RUN_JOB_TASK
 
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 QUEUES = ("events", "lifecycle", "periodic")
 HEARTBEAT_TASK = "dentalpin.platform.heartbeat"
 TICK_TASK = "dentalpin.periodic.tick"
+PRUNE_TASK = "dentalpin.events.prune"
 RUN_PERIODIC_TASK = "dentalpin.periodic.run"
 
 
@@ -53,6 +54,7 @@ def make_celery(
             HEARTBEAT_TASK: {"queue": "periodic"},
             DELIVER_TASK: {"queue": EVENTS_QUEUE},
             SWEEP_TASK: {"queue": "periodic"},
+            PRUNE_TASK: {"queue": "periodic"},
             TICK_TASK: {"queue": "periodic"},
             RUN_PERIODIC_TASK: {"queue": "periodic"},
         },
@@ -80,6 +82,11 @@ def make_celery(
                 "task": TICK_TASK,
                 "schedule": settings.periodic_tick_s,
                 "options": {"queue": "periodic", "expires": settings.periodic_tick_s},
+            },
+            "events-prune": {
+                "task": PRUNE_TASK,
+                "schedule": settings.events_prune_every_s,
+                "options": {"queue": "periodic", "expires": settings.events_prune_every_s},
             },
             "events-sweep": {
                 "task": SWEEP_TASK,
@@ -159,6 +166,15 @@ def make_celery(
         for chunk in chunked(due, settings.events_pass_concurrency):
             app.send_task(DELIVER_TASK, args=[chunk], queue=EVENTS_QUEUE)
         return len(due)
+
+    @app.task(name=PRUNE_TASK)  # type: ignore[untyped-decorator]
+    def prune_events() -> dict[str, int]:
+        """Remove settled events past `events_retention_days`, in every active tenant."""
+        days = settings.events_retention_days
+        if days <= 0:
+            return {}
+        report = _workers.run_in_worker(lambda platform: prune(platform, older_than_s=days * 86400))
+        return report.as_dict()
 
     @app.task(name=TICK_TASK)  # type: ignore[untyped-decorator]
     def periodic_tick() -> int:

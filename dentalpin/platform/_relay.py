@@ -38,7 +38,7 @@ from sqlalchemy import bindparam, delete, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ._db import TenantScope, enter_tenant_columns
+from ._db import SCHEMA_NAME, TenantScope, enter_tenant_columns
 from ._errors import NotFound
 from ._events import DELIVERIES, INBOX, OUTBOX, EventContext, Handler
 from ._module import TenantRef
@@ -628,6 +628,71 @@ async def forget_subscriber(conn: AsyncConnection, tenant: TenantRef, module: st
         )
     )
     return int(removed.rowcount)
+
+
+# Retention ---------------------------------------------------------------------------
+
+
+@dataclass
+class PruneReport:
+    tenants: int = 0
+    events: int = 0
+    inbox: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return self.__dict__.copy()
+
+
+async def prune(
+    platform: Platform,
+    *,
+    older_than_s: float,
+    tenant_id: uuid.UUID | None = None,
+    batch: int = 5000,
+) -> PruneReport:
+    """Remove events older than `older_than_s` whose every delivery is settled (done or
+    skipped), with their deliveries and inbox rows, in every active tenant (or one).
+    Events not yet fanned out, or with a pending, running or dead delivery, are kept: the
+    relay or an operator still needs them. Once its deliveries are gone an event cannot be
+    redelivered, so its inbox rows have nothing left to guard. Each batch is its own short
+    transaction; the relay's `SKIP LOCKED` claims never wait on it, nor it on them."""
+    query = select(tenants.c.schema_name).where(tenants.c.status == "active")
+    if tenant_id is not None:
+        query = query.where(tenants.c.id == tenant_id)
+    report = PruneReport()
+    async with platform.db.autocommit() as conn:
+        for (schema,) in list(await conn.execute(query.order_by(tenants.c.schema_name))):
+            if not SCHEMA_NAME.match(schema):  # it is spliced into the statement
+                raise ValueError(f"'{schema}' is not a platform-generated tenant schema name")
+            report.tenants += 1
+            while True:
+                row = (
+                    await conn.execute(
+                        text(_prune_sql(schema)), {"age": older_than_s, "limit": batch}
+                    )
+                ).one()
+                report.events += int(row.events)
+                report.inbox += int(row.inbox)
+                if row.events < batch:
+                    break
+    return report
+
+
+def _prune_sql(schema: str) -> str:
+    s = f'"{schema}"'
+    return f"""
+        with old as (
+          select o.id from {s}.{OUTBOX} o
+           where o.fanned_out_at is not null
+             and o.occurred_at < now() - make_interval(secs => :age)
+             and not exists (select 1 from {s}.{DELIVERIES} d
+                              where d.event_id = o.id and d.state not in ('done', 'skipped'))
+           order by o.seq limit :limit
+           for update skip locked),
+        inbox as (delete from {s}.{INBOX} i using old where i.event_id = old.id returning 1),
+        gone as (delete from {s}.{OUTBOX} o using old where o.id = old.id returning 1)
+        select (select count(*) from gone) as events, (select count(*) from inbox) as inbox
+        """
 
 
 # Observability -----------------------------------------------------------------------

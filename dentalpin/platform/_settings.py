@@ -94,6 +94,10 @@ class Settings(BaseSettings):
     events_pass_concurrency: int = Field(default=4, ge=1, le=64)
     """Tenants one relay task carries, whose passes a worker process runs side by side
     (each holds a pooled connection while it runs)."""
+    events_retention_days: float = Field(default=30.0, ge=0)
+    """Settled events (every delivery done or skipped) older than this are removed with
+    their deliveries and inbox rows, hourly (`events_prune_every_s`); 0 keeps them all."""
+    events_prune_every_s: float = Field(default=3600.0, gt=0)
     events_sweep_every_s: float = Field(default=2.0, gt=0)
     events_nudge_grace_s: float = Field(default=5.0, ge=0)
     """The sweep leaves a freshly published tenant alone this long: the nudge should win."""

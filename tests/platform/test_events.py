@@ -31,6 +31,7 @@ from dentalpin.platform._relay import (
     deliver,
     deliver_many,
     pipeline_stats,
+    prune,
     retry_dead,
     sweep,
 )
@@ -462,3 +463,45 @@ def test_housekeeping_and_relay_tasks_do_not_flood_the_worker_log():
     assert quiet.filter(record(logging.INFO, "Task dentalpin.lifecycle.run_job[4] succeeded"))
     assert quiet.filter(record(logging.ERROR, "Task dentalpin.events.sweep[3] raised"))
     assert quiet.filter(record(logging.ERROR, "Task dentalpin.events.deliver[5] raised"))
+
+
+async def labels(platform: Platform, tenant: TenantRecord) -> list[str]:
+    found = await rows(platform, tenant, "select payload->>'label' as label from _outbox")
+    return sorted(r.label for r in found)
+
+
+async def test_pruning_removes_settled_events_past_retention_and_keeps_the_rest(events):
+    a, b = await ledger_tenant(events), await ledger_tenant(events)
+    await add(events, a, "settled")
+    await add(events, b, "settled in b")
+    await drain(events)
+    with nudge_lost(events):
+        await add(events, a, "poison, dead")
+        await deliver(events, a.id)  # fails: a retry is pending
+        await rows(
+            events, a, "update _deliveries set state = 'dead' where state = 'pending' returning 1"
+        )
+    old = "update _outbox set occurred_at = now() - interval '40 days' returning 1"
+    for tenant in (a, b):
+        await rows(events, tenant, old)
+    await add(events, a, "young")
+    await drain(events)
+    with nudge_lost(events):
+        await add(events, a, "not fanned out yet")
+    await rows(events, a, old.replace("returning", "where fanned_out_at is null returning"))
+    month = 30 * 86400.0
+
+    report = await prune(events, older_than_s=month, tenant_id=a.id)
+    assert (report.tenants, report.events, report.inbox) == (1, 1, 1)
+    assert await labels(events, a) == ["not fanned out yet", "poison, dead", "young"]
+    states = await rows(events, a, "select state from _deliveries order by id")
+    assert [s.state for s in states] == ["dead", "done"]  # the settled one went with its event
+    inbox = await rows(events, a, "select count(*) as n from _inbox")
+    assert inbox[0].n == 1  # the young event's
+    # Pruning one clinic leaves the others alone.
+    assert await labels(events, b) == ["settled in b"]
+
+    # Every clinic, the default way: b's old settled event goes too; nothing else does.
+    again = await prune(events, older_than_s=month)
+    assert again.events >= 1 and await labels(events, b) == []
+    assert await labels(events, a) == ["not fanned out yet", "poison, dead", "young"]

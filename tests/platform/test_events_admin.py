@@ -162,3 +162,10 @@ async def test_cli_lists_and_replays_dead_letters(quick, tmp_path: Path):
     assert json.loads(cli("events", "failed", "--tenant", tenant.slug, "--json").stdout) == []
     stats = json.loads(cli("events", "stats", "--json").stdout)
     assert set(stats) == {"deliveries", "outbox_lag_s", "tenants_with_work", "jobs"}
+
+    # The replayed event is settled now: pruning with no age removes it, once.
+    args = ("events", "prune", "--tenant", tenant.slug, "--older-than-days", "0")
+    pruned = json.loads(cli(*args, "--json").stdout)
+    assert pruned == {"tenants": 1, "events": 1, "inbox": 1}
+    assert "removed 0 settled events" in cli(*args).stdout
+    assert "Invalid value" in cli(*args[:-1], "-1", code=2).stderr
