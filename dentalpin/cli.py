@@ -223,7 +223,7 @@ def up(
         # In-process: the worker is started below, after the release step.
         subprocess.run([*me, "migrate", "--in-process"], env=env, check=True)
         subprocess.run([*me, "demo", "--slug", demo], env=env, check=True)
-        out.print(
+        banner = (
             f"\n[bold]DentalPin is up.[/bold] Demo clinic: http://{demo}.{settings.base_domain}:"
             f"{port}/api/v1/  ·  health: http://127.0.0.1:{port}/readyz  ·  API docs: "
             f"http://127.0.0.1:{port}/api/docs\n{_mail_note(settings)}\n"
@@ -236,6 +236,8 @@ def up(
                 "beat": [*me, "beat"],
             },
             env,
+            # Said once the web process answers its readiness probe, not before.
+            ready=(f"http://127.0.0.1:{port}/readyz", lambda: out.print(banner)),
         )
 
 
@@ -248,8 +250,14 @@ def _mail_note(settings: Settings) -> str:
     )
 
 
-def _supervise(commands: dict[str, list[str]], env: dict[str, str]) -> None:
-    """Run the processes together; when one stops or Ctrl-C arrives, stop them all."""
+def _supervise(
+    commands: dict[str, list[str]],
+    env: dict[str, str],
+    *,
+    ready: tuple[str, Callable[[], None]] | None = None,
+) -> None:
+    """Run the processes together; when one stops or Ctrl-C arrives, stop them all.
+    `ready` is a URL and what to do the first time it answers 200."""
     procs = {name: subprocess.Popen(cmd, env=env) for name, cmd in commands.items()}
     stopping = False
 
@@ -257,10 +265,12 @@ def _supervise(commands: dict[str, list[str]], env: dict[str, str]) -> None:
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         while not stopping and all(p.poll() is None for p in procs.values()):
+            if ready is not None and _answers(ready[0]):
+                ready[1]()
+                ready = None
             time.sleep(0.5)
     finally:
         for proc in procs.values():
@@ -272,10 +282,22 @@ def _supervise(commands: dict[str, list[str]], env: dict[str, str]) -> None:
                 proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.kill()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     failed = [n for n, p in procs.items() if p.returncode not in (0, -signal.SIGTERM, None)]
     if failed and not stopping:
         err.print(f"[red]stopped because {', '.join(failed)} exited[/red]")
         raise typer.Exit(1)
+
+
+def _answers(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=1) as answer:  # noqa: S310 - our own URL
+            return bool(answer.status == 200)
+    except OSError:
+        return False
 
 
 @app.command()

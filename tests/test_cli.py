@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -451,3 +453,46 @@ async def test_spare_schemas_are_filled_claimed_and_hidden(
     assert await people(fresh_platform, "gamma") == ["Front desk"]
     assert cli("tenants", "spares", "--json").json()["ready"] == 1
     assert [t["slug"] for t in cli("tenants", "list", "--json").json()] == ["gamma"]
+
+
+def test_up_announces_itself_only_once_the_web_process_answers(tmp_path):
+    """`_supervise` calls `ready`'s callback the first time its URL answers 200, and
+    never while nothing listens."""
+    import socket
+
+    from dentalpin.cli import _supervise
+
+    before = signal.getsignal(signal.SIGINT)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = (
+        "import http.server, time\n"
+        "class H(http.server.BaseHTTPRequestHandler):\n"
+        "    def do_GET(self):\n"
+        "        self.send_response(200); self.end_headers()\n"
+        "    def log_message(self, *a): pass\n"
+        "time.sleep(1.5)\n"  # slow to listen, like uvicorn importing the app
+        f"s = http.server.HTTPServer(('127.0.0.1', {port}), H)\n"
+        "s.timeout = 0.2\n"
+        "end = time.time() + 3\n"
+        "while time.time() < end: s.handle_request()\n"
+    )
+    announced: list[float] = []
+    started = time.monotonic()
+    _supervise(
+        {"web": [sys.executable, "-c", server]},
+        dict(os.environ),
+        ready=(f"http://127.0.0.1:{port}/readyz", lambda: announced.append(time.monotonic())),
+    )
+    assert len(announced) == 1 and announced[0] - started >= 1.5
+
+    silent: list[float] = []
+    _supervise(
+        {"web": [sys.executable, "-c", "import time; time.sleep(1.5)"]},
+        dict(os.environ),
+        ready=(f"http://127.0.0.1:{port}/readyz", lambda: silent.append(1.0)),
+    )
+    assert silent == []
+    # The handlers it installed for Ctrl-C and SIGTERM are the caller's again.
+    assert signal.getsignal(signal.SIGINT) is before
