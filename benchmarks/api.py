@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import re
 import shutil
@@ -57,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
     BenchDatabase,
+    cpu_seconds,
     emit,
     git_revision,
     machine,
@@ -91,7 +91,6 @@ FAMILY = ("Martínez", "García", "López", "Sánchez", "Pérez", "Gómez", "Rui
 NEW_FAMILY = "Nuevo"  # new patients' family name: no search of the mix matches it
 DAY = datetime(2031, 3, 3, 8, 0, tzinfo=UTC)  # a Monday; 09:00 in Madrid: reads look here
 BOOK_FROM = DAY + timedelta(days=7)  # bookings start a week later: reads never see them
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -150,7 +149,7 @@ class BackendCpu:
 
     def watch(self, pid: int) -> None:
         """A new backend (all of its CPU counts, connection set-up included)."""
-        now = _cpu_seconds(pid)  # it is alive now: unreadable means another machine
+        now = cpu_seconds(pid)  # it is alive now: unreadable means another machine
         with self._lock:
             if now is None:
                 self.readable = False
@@ -163,7 +162,7 @@ class BackendCpu:
     def _sample(self) -> None:
         with self._lock:
             for pid, last in list(self.seen.items()):
-                now = _cpu_seconds(pid)
+                now = cpu_seconds(pid)
                 if now is not None:  # None: the backend has exited; its last value stays
                     self.seen[pid] = max(last, now)
 
@@ -171,14 +170,6 @@ class BackendCpu:
         while True:
             self._sample()
             clock.sleep(0.05)
-
-
-def _cpu_seconds(pid: int) -> float | None:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
 
 
 class Statements:
@@ -237,11 +228,11 @@ async def _replay(url: str, clinics: list[Clinic], reads: dict[str, Any], custom
         for n in range(2 * len(clinics)):  # every clinic's catalogue entries cached first
             await one_transaction(n)
         pid = conn.get_server_pid()
-        before = _cpu_seconds(pid) or 0.0
+        before = cpu_seconds(pid) or 0.0
         rounds = 1000
         for n in range(rounds):
             await one_transaction(n)
-        spent = (_cpu_seconds(pid) or 0.0) - before
+        spent = (cpu_seconds(pid) or 0.0) - before
         return round(spent / (rounds * len(reads)) * 1000, 3)
     finally:
         await conn.close()

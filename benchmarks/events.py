@@ -42,6 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     BenchDatabase,
     Worker,
+    children,
+    cpu_seconds,
     emit,
     git_revision,
     machine,
@@ -262,6 +264,43 @@ class Bench:
         return tasks / (time.time() - started)
 
 
+class CpuSplit:
+    """Where the CPU goes during a step, on this host: the worker (its main process and
+    pool processes), the PostgreSQL backends of the benchmark's database, and this
+    process (the publishers and their nudges). Backends that come and go within a step
+    are missed; the pools keep theirs open."""
+
+    def __init__(self, platform: Any, worker_pid: int) -> None:
+        self.platform, self.worker_pid = platform, worker_pid
+
+    async def snapshot(self) -> dict[str, dict[int, float]]:
+        from sqlalchemy import text
+
+        async with self.platform.db.engine.connect() as conn:
+            backends = [
+                r.pid
+                for r in await conn.execute(
+                    text("select pid from pg_stat_activity where datname = current_database()")
+                )
+            ]
+        worker = [self.worker_pid, *children(self.worker_pid)]
+        return {
+            "workers": {pid: cpu_seconds(pid) or 0.0 for pid in worker},
+            "postgres": {pid: cpu_seconds(pid) or 0.0 for pid in backends},
+            "publishers": {os.getpid(): cpu_seconds(os.getpid()) or 0.0},
+        }
+
+    @staticmethod
+    def per_event_ms(
+        before: dict[str, dict[int, float]], after: dict[str, dict[int, float]], events: int
+    ) -> dict[str, float]:
+        split = {}
+        for part, pids in after.items():
+            spent = sum(now - before[part].get(pid, 0.0) for pid, now in pids.items())
+            split[part] = round(spent * 1000 / events, 2)
+        return split
+
+
 async def provision(platform: Any, count: int) -> list[Any]:
     from dentalpin.tenants import create_tenant
 
@@ -344,7 +383,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
         noop = bench.noop_throughput(args.noop_tasks)
         print(f"no-op Celery task: {noop:.0f}/s", flush=True)
+        cpu = CpuSplit(platform, worker.proc.pid)
+        before = await cpu.snapshot()
         sat = await bench.saturate(args.events, args.publishers)
+        sat_cpu = CpuSplit.per_event_ms(before, await cpu.snapshot(), args.events)
         await bench.clear()
         drained = await bench.drain(args.events, args.publishers)
         await bench.clear()
@@ -355,9 +397,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             flush=True,
         )
         rate = sat["events_per_s"] / 2
+        before = await cpu.snapshot()
         latencies = await bench.paced(rate, args.seconds)
+        half_cpu = CpuSplit.per_event_ms(before, await cpu.snapshot(), len(latencies))
         p50_ms, p99_ms = percentile(latencies, 50), percentile(latencies, 99)
         print(f"at {rate:.0f} events/s: p50 {p50_ms:.1f} ms, p99 {p99_ms:.1f} ms", flush=True)
+        print(f"CPU ms per event, saturation {sat_cpu}, half rate {half_cpu}", flush=True)
         await bench.clear()
         # Service latency without queueing: a light, steady load.
         light = await bench.paced(args.light_rate, args.seconds)
@@ -385,6 +430,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "p50_ms": round(p50_ms, 2),
             "p99_ms": round(p99_ms, 2),
             "latency_target_met": p50_ms < P50_TARGET_MS and p99_ms < P99_TARGET_MS,
+            "cpu_ms_per_event_saturation": sat_cpu,
+            "cpu_ms_per_event_half_rate": half_cpu,
             "light_rate_per_s": args.light_rate,
             "light_p50_ms": round(light_p50, 2),
             "light_p99_ms": round(light_p99, 2),
