@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from typing import Any, TypeVar
 import asyncpg
 from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InvalidatePoolError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -29,6 +30,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.util import await_
 
 from ._settings import Settings
 
@@ -127,6 +129,33 @@ def is_stale_statement(exc: BaseException) -> bool:
     )
 
 
+_USED_AT = "dentalpin_used_at"
+
+
+def _check_liveness(engine: AsyncEngine, bypass_s: float) -> None:
+    """Ping a pooled connection before lending it, unless it came back within `bypass_s`
+    (HikariCP's "alive bypass window"): a connection in use a moment ago is alive, and
+    under load a ping on every checkout costs as much as the work (SQLAlchemy's pre-ping
+    on asyncpg is three round trips). A dead connection found by the ping is replaced,
+    and every connection older than it too (a restarted server killed them all); one that
+    died inside the window fails its first statement, which invalidates the pool the same
+    way."""
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _returned(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_USED_AT] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _lend(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        used = record.info.get(_USED_AT)
+        if used is None or time.monotonic() - used < bypass_s:
+            return  # just connected, or returned moments ago
+        try:
+            await_(dbapi_connection.driver_connection.fetchrow(";"))
+        except Exception as exc:  # closed, reset, or left mid-protocol by the server: not lent
+            raise InvalidatePoolError(f"pooled connection found dead: {exc!r}") from exc
+
+
 class Database:
     """The process's connection pool and the ways to borrow from it."""
 
@@ -142,7 +171,6 @@ class Database:
             pool_size=settings.pool_size,
             max_overflow=settings.max_overflow,
             pool_recycle=settings.connection_max_lifetime_s,
-            pool_pre_ping=True,
             connect_args={
                 "server_settings": {
                     "search_path": "",
@@ -151,6 +179,7 @@ class Database:
                 }
             },
         )
+        _check_liveness(self.engine, settings.db_alive_bypass_s)
         self.on_published: Callable[[set[TenantScope]], None] | None = None
         """Called after a tenant transaction that published events commits (the relay nudge)."""
         self._platform_sessions = async_sessionmaker(self.engine, expire_on_commit=False)

@@ -81,6 +81,7 @@ class CeleryNudge:
         self._lock = threading.Lock()
         self._queued: set[str] = set()
         self._sending = False
+        self._last_send = 0.0
         self._app: Any = None
         self._redis: Any = None
 
@@ -101,14 +102,21 @@ class CeleryNudge:
         return len(self._queued)
 
     def _send_queued(self) -> None:
-        """Send what is queued, again and again, until nothing was queued meanwhile."""
+        """Send what is queued, again and again, until nothing was queued meanwhile. Sends
+        follow each other at most every `events_nudge_interval_s`: a quiet clinic's nudge
+        leaves at once, a busy platform's nudges wait a moment and share their tasks."""
+        interval = self.settings.events_nudge_interval_s
         try:
             while True:
+                wait = self._last_send + interval - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
                 with self._lock:
                     schemas, self._queued = sorted(self._queued), set()
                     if not schemas:
                         self._sending = False
                         return
+                self._last_send = time.monotonic()
                 self._send(schemas)
         except BaseException:
             with self._lock:

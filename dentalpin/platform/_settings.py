@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     """Prefix of the per-tenant PostgreSQL roles (roles are cluster-wide)."""
 
     pool_size: int = 10
+    db_alive_bypass_s: float = Field(default=0.5, ge=0)
+    """A pooled connection returned within this many seconds is lent without a ping."""
     max_overflow: int = 10
     connection_max_lifetime_s: int = 1800
     """Backends cache catalogue entries for every schema they touch; recycle them."""
@@ -91,6 +93,8 @@ class Settings(BaseSettings):
     """How long a worker holds a delivery before another may take it (a dead worker's)."""
     events_batch: int = Field(default=100, ge=1, le=10_000)
     """Deliveries claimed per round by one relay task."""
+    events_nudge_interval_s: float = Field(default=0.01, ge=0, le=1)
+    """The shortest time between two sends of one process's nudges (see `CeleryNudge`)."""
     events_pass_concurrency: int = Field(default=4, ge=1, le=64)
     """Tenants one relay task carries, whose passes a worker process runs side by side
     (each holds a pooled connection while it runs)."""

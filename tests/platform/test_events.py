@@ -381,6 +381,43 @@ async def test_nudges_for_several_tenants_share_a_task(platform):
         client.close()
 
 
+async def test_a_busy_processs_nudges_wait_a_moment_and_share_a_task(platform):
+    """Sends follow each other at most every events_nudge_interval_s: the first nudge
+    leaves at once, the ones right behind it wait and go together."""
+    import json
+
+    import redis as redis_lib
+
+    from dentalpin.platform._db import TenantScope
+
+    prefix = f"dpnudge-{uuid.uuid4().hex[:8]}:"
+    nudging = with_settings(
+        platform, events_relay="celery", celery_key_prefix=prefix, events_nudge_interval_s=0.5
+    )
+    client = redis_lib.Redis.from_url(platform.settings.redis_url or "")
+    first, *behind = [TenantScope(f"t_nudgewait0{i}", "dp_nudge_role") for i in range(3)]
+    try:
+        nudging.nudge({first})
+        for _ in range(300):
+            if int(client.llen(f"{prefix}events")):
+                break
+            await asyncio.sleep(0.01)
+        for scope in behind:
+            nudging.nudge({scope})
+        await asyncio.sleep(0.1)
+        assert int(client.llen(f"{prefix}events")) == 1  # the others wait for the interval
+        await asyncio.sleep(0.8)
+        sent = [_task_args(json.loads(m))[0] for m in client.lrange(f"{prefix}events", 0, -1)]
+        assert sorted(map(sorted, sent)) == sorted(
+            [[first.schema], sorted(s.schema for s in behind)]
+        )
+    finally:
+        await nudging.close()
+        for key in client.scan_iter(match=f"{prefix}*"):
+            client.delete(key)
+        client.close()
+
+
 def _task_args(message: dict[str, Any]) -> list[Any]:
     """The positional arguments of a Celery (protocol 2) message as kombu stores it."""
     import base64
