@@ -185,7 +185,10 @@ def _claim_sql(routes: int) -> Any:
     attempt counted. Returns the claimed deliveries with their events, and how many
     events were fanned out on every row (one row of nulls when nothing was claimed).
     Cached by the number of routes: the routes themselves are parameters."""
-    fresh = "select null::bigint, null::uuid, null::text, null::integer where false"
+    fresh = (  # no subscriber installed: the same columns, no rows
+        "select null::bigint as id, null::uuid as event_id, null::text as subscriber, "
+        "null::integer as attempts where false"
+    )
     if routes:
         values = ", ".join(f"(:e{i}, :m{i})" for i in range(routes))
         fresh = f"""

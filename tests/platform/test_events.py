@@ -542,3 +542,15 @@ async def test_pruning_removes_settled_events_past_retention_and_keeps_the_rest(
     again = await prune(events, older_than_s=month)
     assert again.events >= 1 and await labels(events, b) == []
     assert await labels(events, a) == ["not fanned out yet", "poison, dead", "young"]
+
+
+async def test_a_tenant_without_subscribers_fans_its_events_out_to_nobody(events):
+    tenant = await ledger_tenant(events, watch=False)
+    with nudge_lost(events):
+        await add(events, tenant, "nobody listens")
+    report = await deliver(events, tenant.id)
+    assert (report.fanned_out, report.delivered, report.more) == (1, 0, False)
+    fanned = await rows(events, tenant, "select fanned_out_at from _outbox")
+    assert [r.fanned_out_at is not None for r in fanned] == [True]
+    assert await rows(events, tenant, "select * from _deliveries") == []
+    assert not await indexed(events, tenant)
