@@ -348,124 +348,100 @@ async def test_one_relay_task_delivers_to_several_tenants_side_by_side(events):
     assert not await indexed(events, a) and not await indexed(events, b)
 
 
-async def test_nudges_for_several_tenants_share_a_task(platform):
-    """Real Redis and Celery producer, no worker: the queue shows what was sent."""
-    import json
+class Broker:
+    """A Celery nudge on a key prefix of its own in the real Redis, which no worker
+    consumes: the `events` list shows exactly what was sent."""
 
-    import redis as redis_lib
+    def __init__(self, platform: Platform, **settings: Any) -> None:
+        import redis as redis_lib
 
-    from dentalpin.platform._db import TenantScope
+        self.prefix = f"dpnudge-{uuid.uuid4().hex[:8]}:"
+        self.platform = with_settings(
+            platform, events_relay="celery", celery_key_prefix=self.prefix, **settings
+        )
+        assert isinstance(self.platform.nudge, CeleryNudge)
+        self.nudge = self.platform.nudge
+        self.client = redis_lib.Redis.from_url(platform.settings.redis_url or "")
 
-    prefix = f"dpnudge-{uuid.uuid4().hex[:8]}:"
-    nudging = with_settings(
-        platform, events_relay="celery", celery_key_prefix=prefix, events_pass_concurrency=2
-    )
-    client = redis_lib.Redis.from_url(platform.settings.redis_url or "")
-    scopes = {TenantScope(f"t_nudgeshare0{i}", "dp_nudge_role") for i in range(3)}
-    try:
-        nudging.nudge(scopes)
+    async def queued(self, expected: int, settle_s: float = 0.2) -> int:
+        """The queue's length once it reached `expected` (or 5 s passed), and a bit more."""
         for _ in range(500):
-            if int(client.llen(f"{prefix}events")) >= 2:
+            if int(self.client.llen(f"{self.prefix}events")) >= expected:
                 break
             await asyncio.sleep(0.01)
-        await asyncio.sleep(0.2)
-        messages = [json.loads(m) for m in client.lrange(f"{prefix}events", 0, -1)]
-        sent = [_task_args(m)[0] for m in messages]
-        # Three tenants, at most two per task: two tasks carrying all three, none twice.
-        assert sorted(len(tenants) for tenants in sent) == [1, 2]
-        assert sorted(t for tenants in sent for t in tenants) == sorted(s.schema for s in scopes)
+        await asyncio.sleep(settle_s)  # time for any extra message to show up
+        return int(self.client.llen(f"{self.prefix}events"))
+
+    def sent(self) -> list[list[str]]:
+        """The tenants each queued task carries (Celery protocol 2, as kombu stores it)."""
+        import base64
+        import json
+
+        messages = self.client.lrange(f"{self.prefix}events", 0, -1)
+        return [json.loads(base64.b64decode(json.loads(m)["body"]))[0][0] for m in messages]
+
+    async def close(self) -> None:
+        await self.platform.close()
+        for key in self.client.scan_iter(match=f"{self.prefix}*"):
+            self.client.delete(key)
+        self.client.close()
+
+
+@contextlib.asynccontextmanager
+async def broker(platform: Platform, **settings: Any) -> AsyncIterator[Broker]:
+    b = Broker(platform, **settings)
+    try:
+        yield b
     finally:
-        await nudging.close()
-        for key in client.scan_iter(match=f"{prefix}*"):
-            client.delete(key)
-        client.close()
+        await b.close()
+
+
+def scopes(name: str, n: int) -> list[Any]:
+    from dentalpin.platform._db import TenantScope
+
+    return [TenantScope(f"t_{name}0{i}", "dp_nudge_role") for i in range(n)]
+
+
+async def test_nudges_for_several_tenants_share_a_task(platform):
+    async with broker(platform, events_pass_concurrency=2) as b:
+        tenants = scopes("nudgeshare", 3)
+        b.nudge(set(tenants))
+        await b.queued(2)
+        # Three tenants, at most two per task: two tasks carrying all three, none twice.
+        assert sorted(len(t) for t in b.sent()) == [1, 2]
+        assert sorted(t for task in b.sent() for t in task) == [s.schema for s in tenants]
 
 
 async def test_a_busy_processs_nudges_wait_a_moment_and_share_a_task(platform):
     """Sends follow each other at most every events_nudge_interval_s: the first nudge
     leaves at once, the ones right behind it wait and go together."""
-    import json
-
-    import redis as redis_lib
-
-    from dentalpin.platform._db import TenantScope
-
-    prefix = f"dpnudge-{uuid.uuid4().hex[:8]}:"
-    nudging = with_settings(
-        platform, events_relay="celery", celery_key_prefix=prefix, events_nudge_interval_s=0.5
-    )
-    client = redis_lib.Redis.from_url(platform.settings.redis_url or "")
-    first, *behind = [TenantScope(f"t_nudgewait0{i}", "dp_nudge_role") for i in range(3)]
-    try:
-        nudging.nudge({first})
-        for _ in range(300):
-            if int(client.llen(f"{prefix}events")):
-                break
-            await asyncio.sleep(0.01)
+    async with broker(platform, events_nudge_interval_s=0.5) as b:
+        first, *behind = scopes("nudgewait", 3)
+        b.nudge({first})
+        await b.queued(1, settle_s=0)
         for scope in behind:
-            nudging.nudge({scope})
+            b.nudge({scope})
         await asyncio.sleep(0.1)
-        assert int(client.llen(f"{prefix}events")) == 1  # the others wait for the interval
-        await asyncio.sleep(0.8)
-        sent = [_task_args(json.loads(m))[0] for m in client.lrange(f"{prefix}events", 0, -1)]
-        assert sorted(map(sorted, sent)) == sorted(
-            [[first.schema], sorted(s.schema for s in behind)]
-        )
-    finally:
-        await nudging.close()
-        for key in client.scan_iter(match=f"{prefix}*"):
-            client.delete(key)
-        client.close()
-
-
-def _task_args(message: dict[str, Any]) -> list[Any]:
-    """The positional arguments of a Celery (protocol 2) message as kombu stores it."""
-    import base64
-    import json
-
-    body = json.loads(base64.b64decode(message["body"]))
-    return list(body[0])
+        assert await b.queued(1, settle_s=0) == 1  # the others wait for the interval
+        await b.queued(2, settle_s=0.1)
+        assert sorted(map(sorted, b.sent())) == [[first.schema], [s.schema for s in behind]]
 
 
 async def test_nudges_for_a_tenant_coalesce_while_its_pass_is_queued(platform):
-    """Real Redis and Celery producer; no worker consumes this prefix, so the queue shows
-    exactly what was sent."""
-    import redis as redis_lib
-
-    from dentalpin.platform._db import TenantScope
     from dentalpin.platform._nudge import pending_key
 
-    prefix = f"dpnudge-{uuid.uuid4().hex[:8]}:"
-    nudging = with_settings(platform, events_relay="celery", celery_key_prefix=prefix)
-    client = redis_lib.Redis.from_url(platform.settings.redis_url or "")
-    scope = TenantScope("t_nudgetest01", "dp_nudge_role")
-    try:
-        assert isinstance(nudging.nudge, CeleryNudge)
-
-        async def queued(expected: int) -> int:
-            """The queue's length once it reached `expected` (or 5 s passed), and a bit more."""
-            for _ in range(500):
-                if int(client.llen(f"{prefix}events")) >= expected:
-                    break
-                await asyncio.sleep(0.01)
-            await asyncio.sleep(0.2)  # time for any extra message to show up
-            return int(client.llen(f"{prefix}events"))
-
+    async with broker(platform) as b:
+        (scope,) = scopes("nudgetest", 1)
         for _ in range(5):
-            nudging.nudge({scope})
-        assert await queued(1) == 1
+            b.nudge({scope})
+        assert await b.queued(1) == 1
         for _ in range(5):
-            nudging.nudge({scope})
-        assert await queued(1) == 1
+            b.nudge({scope})
+        assert await b.queued(1) == 1
         # The pass starts and clears the flag: the next commit must be seen again.
-        client.delete(pending_key(nudging.settings, scope.schema))
-        nudging.nudge({scope})
-        assert await queued(2) == 2
-    finally:
-        await nudging.close()
-        for key in client.scan_iter(match=f"{prefix}*"):
-            client.delete(key)
-        client.close()
+        b.client.delete(pending_key(b.platform.settings, scope.schema))
+        b.nudge({scope})
+        assert await b.queued(2) == 2
 
 
 async def test_a_failing_handler_in_a_batch_rolls_back_only_its_own_work(events):
