@@ -117,6 +117,11 @@ async def test_stale_cached_statement_is_retried_once(platform, two_tenants):
         await other.dispose()
 
 
+def _pool_of_one(platform, *, alive_bypass_s: float) -> Database:
+    settings = {"pool_size": 1, "max_overflow": 0, "db_alive_bypass_s": alive_bypass_s}
+    return Database(platform.db.url, platform.settings.model_copy(update=settings))
+
+
 async def _backend(db: Database) -> int:
     async with db.platform() as s:
         return int((await s.execute(text("select pg_backend_pid()"))).scalar_one())
@@ -130,10 +135,7 @@ async def _terminate(platform, pid: int) -> None:
 async def test_a_pooled_connection_that_died_while_idle_is_replaced_on_checkout(platform):
     """Past the alive-bypass window the pool pings before lending: a server-side kill
     (a restart, an admin) costs the caller nothing."""
-    db = Database(
-        platform.db.url,
-        platform.settings.model_copy(update={"pool_size": 1, "db_alive_bypass_s": 0}),
-    )
+    db = _pool_of_one(platform, alive_bypass_s=0)
     try:
         dead = await _backend(db)
         await _terminate(platform, dead)
@@ -146,10 +148,7 @@ async def test_a_connection_returned_moments_ago_is_lent_without_a_ping(platform
     """Inside the window there is no ping (the point: no round trips on a busy pool), so a
     connection killed in that moment fails its first statement; that failure invalidates
     the pool, and the next transaction gets a new connection."""
-    db = Database(
-        platform.db.url,
-        platform.settings.model_copy(update={"pool_size": 1, "db_alive_bypass_s": 60}),
-    )
+    db = _pool_of_one(platform, alive_bypass_s=60)
     try:
         dead = await _backend(db)
         await _terminate(platform, dead)
