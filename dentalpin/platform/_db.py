@@ -68,14 +68,20 @@ def enter_tenant(connection: Connection, scope: TenantScope) -> None:
     connection.execute(_ENTER_TENANT, {"search_path": scope.search_path, "role": scope.role})
 
 
+def search_path_sql(schema: str) -> str:
+    """`TenantScope.search_path` as an SQL expression, for a statement that reads the schema
+    name (the SQL expression `schema`) and sets the search path in the same round trip."""
+    return f"""('"' || {schema} || '", {EXTENSIONS_SCHEMA}')"""
+
+
 def enter_tenant_columns(schema: str, role: str) -> str:
     """The same two settings as `enter_tenant`, as select-list items, for a statement that
     looks the tenant up in the platform schema and enters it at once (the event relay
     saves a round trip per pass). `schema` and `role` are SQL expressions; the caller
-    must check them with `TenantScope` before its next statement."""
-    search_path = f"""'"' || {schema} || '", {EXTENSIONS_SCHEMA}'"""
+    must check the row with `TenantScope` (and `entered_search_path` against its
+    `search_path`) before its next statement."""
     return (
-        f"set_config('search_path', {search_path}, true) as entered_search_path, "
+        f"set_config('search_path', {search_path_sql(schema)}, true) as entered_search_path, "
         f"set_config('role', {role}, true) as entered_role"
     )
 

@@ -242,11 +242,14 @@ async def _fan_out_and_claim(
         row = (await conn.execute(statement, params)).first()
         if row is None:
             return None, _Round(0, [], 0)
+        scope = TenantScope(row.schema_name, row.db_role)  # checks the names before any use
+        if row.entered_search_path != scope.search_path:
+            raise RuntimeError(f"entering tenant {row.schema_name} set an unexpected scope")
         work = _Pass(
             platform,
             conn,
             TenantRef(row.id, row.slug, row.name, row.schema_name, row.db_role),
-            TenantScope(row.schema_name, row.db_role),  # checks the names before any use
+            scope,
             frozenset(row.installed),
             row.seq,
             report,

@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from dentalpin.platform import Conflict
-from dentalpin.platform._db import EXTENSIONS_SCHEMA
+from dentalpin.platform._db import search_path_sql
 from dentalpin.platform._runtime import Platform
 from dentalpin.platform._tables import tenants
 
@@ -78,9 +78,8 @@ _CLAIM = text(
     select claimed.*,
            (select jsonb_object_agg(m.module, m.settings) from modules m) as module_settings,
            set_config('lock_timeout', cast(:lock_timeout as text), true) as lock_timeout,
-           set_config('search_path',
-                      format('"%s", %s', claimed.schema_name, cast(:extensions as text)),
-                      true) as search_path
+           set_config('search_path', {search_path_sql("claimed.schema_name")}, true)
+             as search_path
       from claimed
     """
 ).columns(*tenants.c, module_settings=JSONB, lock_timeout=Text, search_path=Text)
@@ -129,7 +128,6 @@ async def claim_spare(
                     "slug": slug,
                     "name": name,
                     "lock_timeout": f"{int(platform.settings.ddl_lock_timeout_ms)}ms",
-                    "extensions": EXTENSIONS_SCHEMA,
                 },
             )
         ).first()
