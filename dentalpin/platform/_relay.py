@@ -140,12 +140,12 @@ async def deliver_many(
     return list(await asyncio.gather(*(one(t) for t in tenants), return_exceptions=True))
 
 
-def _lookup_and_enter(key: uuid.UUID | str) -> tuple[Any, dict[str, Any]]:
-    """The tenant, its installed modules and its index entry's seq; the same statement
-    confines the rest of the transaction to the tenant (`enter_tenant_columns`) and
-    turns off its fsync: a lease lost in a crash is simply due again."""
-    by = "t.id = :key" if isinstance(key, uuid.UUID) else "t.schema_name = :key"
-    statement = text(
+def _lookup_and_enter_sql(by: str) -> Any:
+    """The tenant (`by`: its id or its schema), its installed modules and its index entry's
+    seq; the same statement confines the rest of the transaction to the tenant
+    (`enter_tenant_columns`) and turns off its fsync: a lease lost in a crash is simply
+    due again."""
+    return text(
         f"""
         select t.id, t.slug, t.name, t.schema_name, t.db_role,
                array(select module from platform.tenant_modules m
@@ -154,10 +154,13 @@ def _lookup_and_enter(key: uuid.UUID | str) -> tuple[Any, dict[str, Any]]:
                {enter_tenant_columns("t.schema_name", "t.db_role")},
                set_config('synchronous_commit', 'off', true) as no_fsync
           from platform.tenants t
-         where {by} and t.status in ('active', 'spare')
+         where t.{by} = :key and t.status in ('active', 'spare')
         """
     )
-    return statement, {"key": key}
+
+
+_LOOKUP_BY_ID = _lookup_and_enter_sql("id")
+_LOOKUP_BY_SCHEMA = _lookup_and_enter_sql("schema_name")
 
 
 def _fan_out_and_claim_statement(
@@ -238,8 +241,8 @@ async def _fan_out_and_claim(
     The lease is committed before any handler runs, so a worker lost from here on costs
     an attempt. With nothing to claim, this is the pass's last transaction: it reindexes."""
     async with conn.begin():
-        statement, params = _lookup_and_enter(key)
-        row = (await conn.execute(statement, params)).first()
+        lookup = _LOOKUP_BY_ID if isinstance(key, uuid.UUID) else _LOOKUP_BY_SCHEMA
+        row = (await conn.execute(lookup, {"key": key})).first()
         if row is None:
             return None, _Round(0, [], 0)
         scope = TenantScope(row.schema_name, row.db_role)  # checks the names before any use
