@@ -129,6 +129,11 @@ def make_celery(
         )
         return report.as_dict()
 
+    def send_passes(tenants: list[str]) -> None:
+        """Relay tasks for `tenants`, a few per task (see `CeleryNudge`)."""
+        for chunk in chunked(tenants, settings.events_pass_concurrency):
+            app.send_task(DELIVER_TASK, args=[chunk], queue=EVENTS_QUEUE)
+
     @app.task(name=DELIVER_TASK)  # type: ignore[untyped-decorator]
     def deliver_events(tenants: str | list[str]) -> dict[str, Any]:
         """Relay passes over the tenants the task names (schema names or ids; one name is
@@ -144,9 +149,7 @@ def make_celery(
             except Exception as exc:  # the flags expire by themselves; the passes run anyway
                 log.warning("could not clear the relay flags of %s: %s", schemas, exc)
         results = _workers.run_in_worker(lambda platform: deliver_many(platform, keys))
-        more = [n for n, r in zip(names, results, strict=True) if _more(r)]
-        for chunk in chunked(more, settings.events_pass_concurrency):
-            app.send_task(DELIVER_TASK, args=[chunk], queue=EVENTS_QUEUE)
+        send_passes([n for n, r in zip(names, results, strict=True) if _more(r)])
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:
             raise failed[0]  # logged with the task; the leases bring the work back
@@ -163,8 +166,7 @@ def make_celery(
         a retry's backoff ran out, or a lease expired), a few tenants per task."""
         due: list[str] = []
         _workers.run_in_worker(lambda platform: sweep(platform, lambda t: due.append(str(t))))
-        for chunk in chunked(due, settings.events_pass_concurrency):
-            app.send_task(DELIVER_TASK, args=[chunk], queue=EVENTS_QUEUE)
+        send_passes(due)
         return len(due)
 
     @app.task(name=PRUNE_TASK)  # type: ignore[untyped-decorator]
