@@ -46,6 +46,7 @@ from _common import (
     cpu_seconds,
     emit,
     git_revision,
+    local_tcp_ports,
     machine,
     percentile,
     server_version,
@@ -266,9 +267,10 @@ class Bench:
 
 class CpuSplit:
     """Where the CPU goes during a step, on this host: the worker (its main process and
-    pool processes), the PostgreSQL backends of the benchmark's database, and this
-    process (the publishers and their nudges). Backends that come and go within a step
-    are missed; the pools keep theirs open."""
+    pool processes), the PostgreSQL backends of the benchmark's database (all of them,
+    and those serving this process's publishers on their own), and this process (the
+    publishers and their nudges). Backends that come and go within a step are missed;
+    the pools keep theirs open."""
 
     def __init__(self, platform: Any, worker_pid: int) -> None:
         self.platform, self.worker_pid = platform, worker_pid
@@ -277,16 +279,22 @@ class CpuSplit:
         from sqlalchemy import text
 
         async with self.platform.db.engine.connect() as conn:
-            backends = [
-                r.pid
-                for r in await conn.execute(
-                    text("select pid from pg_stat_activity where datname = current_database()")
+            backends = list(
+                await conn.execute(
+                    text(
+                        "select pid, client_port from pg_stat_activity "
+                        "where datname = current_database()"
+                    )
                 )
-            ]
+            )
         worker = [self.worker_pid, *children(self.worker_pid)]
+        ours = local_tcp_ports(os.getpid())
         return {
             "workers": {pid: cpu_seconds(pid) or 0.0 for pid in worker},
-            "postgres": {pid: cpu_seconds(pid) or 0.0 for pid in backends},
+            "postgres": {b.pid: cpu_seconds(b.pid) or 0.0 for b in backends},
+            "postgres_for_publishers": {
+                b.pid: cpu_seconds(b.pid) or 0.0 for b in backends if b.client_port in ours
+            },
             "publishers": {os.getpid(): cpu_seconds(os.getpid()) or 0.0},
         }
 

@@ -34,11 +34,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, select, text
+import asyncpg
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ._db import SCHEMA_NAME, TenantScope, enter_tenant_columns
+from ._db import SCHEMA_NAME, TenantScope
 from ._errors import NotFound
 from ._events import DELIVERIES, INBOX, OUTBOX, EventContext, Handler
 from ._module import TenantRef
@@ -85,6 +86,10 @@ class _Pass:
     seq: int | None
     """The tenant's index entry as the round's lookup saw it (fences `_reindex_events`)."""
     report: DeliveryReport = field(default_factory=DeliveryReport)
+
+    @property
+    def sql(self) -> _Statements:
+        return _statements(self.tenant.schema)
 
 
 @dataclass(frozen=True)
@@ -140,85 +145,76 @@ async def deliver_many(
     return list(await asyncio.gather(*(one(t) for t in tenants), return_exceptions=True))
 
 
-def _lookup_and_enter_sql(by: str) -> Any:
-    """The tenant (`by`: its id or its schema), its installed modules and its index entry's
-    seq; the same statement confines the rest of the transaction to the tenant
-    (`enter_tenant_columns`) and turns off its fsync: a lease lost in a crash is simply
-    due again."""
-    return text(
-        f"""
-        select t.id, t.slug, t.name, t.schema_name, t.db_role,
-               array(select module from platform.tenant_modules m
-                      where m.tenant_id = t.id and m.state = 'installed') as installed,
-               (select seq from platform.event_tenants e where e.tenant_id = t.id) as seq,
-               {enter_tenant_columns("t.schema_name", "t.db_role")},
-               set_config('synchronous_commit', 'off', true) as no_fsync
-          from platform.tenants t
-         where t.{by} = :key and t.status in ('active', 'spare')
-        """
-    )
+def _schema(name: str) -> str:
+    """`name`, double-quoted, once it is known to be a platform-generated tenant schema name
+    (the relay's statements name the tenant's tables directly; see `_claim_sql`)."""
+    if not SCHEMA_NAME.match(name):
+        raise ValueError(f"'{name}' is not a platform-generated tenant schema name")
+    return f'"{name}"'
 
 
-_LOOKUP_BY_ID = _lookup_and_enter_sql("id")
-_LOOKUP_BY_SCHEMA = _lookup_and_enter_sql("schema_name")
+@functools.lru_cache(maxsize=4096)
+def _claim_sql(schema: str, routes: tuple[tuple[str, str], ...], limit: int, lease_s: float) -> str:
+    """The round's first transaction, as one statement run on its own (autocommit): find
+    the tenant (active or spare) with its installed modules and its index entry's seq;
+    give every new event one delivery per route whose subscriber is installed *now*,
+    created already leased (attempt 1); lease the due deliveries (pending and due, or
+    running with an expired lease: a lost worker) with `FOR UPDATE SKIP LOCKED`, their
+    attempt counted; and turn off the commit's fsync (a lease lost in a crash is simply
+    due again). One row per claimed delivery, the tenant's columns and how many events
+    were fanned out on each; one row with null delivery columns when nothing was
+    claimed; no row when the tenant is not active.
 
-
-def _fan_out_and_claim_statement(
-    platform: Platform, installed: frozenset[str]
-) -> tuple[Any, dict[str, Any]]:
-    """The round's claim (`_claim_sql`) with its parameters: the (event, subscriber) routes
-    of the modules installed now, the batch size and the lease."""
-    routes = [
-        (event, module)
-        for event, modules in platform.registry.subscribers(installed).items()
-        for module in modules
-    ]
-    settings = platform.settings
-    params: dict[str, Any] = {"limit": settings.events_batch, "lease": settings.events_lease_s}
-    for i, (event, module) in enumerate(routes):
-        params |= {f"e{i}": event, f"m{i}": module}
-    return _claim_sql(len(routes)), params
-
-
-@functools.lru_cache(maxsize=64)
-def _claim_sql(routes: int) -> Any:
-    """One statement: new events get one delivery per route (subscriber installed now),
-    created already leased (attempt 1); due deliveries (pending and due, or running with
-    an expired lease: a lost worker) are leased with `FOR UPDATE SKIP LOCKED`, their
-    attempt counted. Returns the claimed deliveries with their events, and how many
-    events were fanned out on every row (one row of nulls when nothing was claimed).
-    Cached by the number of routes: the routes themselves are parameters."""
-    fresh = (  # no subscriber installed: the same columns, no rows
-        "select null::bigint as id, null::uuid as event_id, null::text as subscriber, "
-        "null::integer as attempts where false"
-    )
-    if routes:
-        values = ", ".join(f"(:e{i}, :m{i})" for i in range(routes))
-        fresh = f"""
-            insert into {DELIVERIES} (event_id, subscriber, state, attempts, lease_until)
-            select ev.id, r.subscriber, 'running', 1, now() + make_interval(secs => :lease)
-              from ev join (values {values}) as r(name, subscriber) on r.name = ev.name
-            on conflict (event_id, subscriber) do nothing
-            returning id, event_id, subscriber, attempts"""
-    names = ["limit", "lease"] + [f"{k}{i}" for i in range(routes) for k in ("e", "m")]
-    return text(
-        f"""
-        with ev as (
-          update {OUTBOX} o set fanned_out_at = now()
-           where o.id in (select id from {OUTBOX} where fanned_out_at is null
-                           order by seq limit :limit for update skip locked)
-          returning o.id, o.name, o.version, o.payload, o.occurred_at),
-        fresh as ({fresh}),
+    The tenant's tables are named with their schema and the statement runs under the
+    connection's fixed (empty) search path, as the platform: a statement's cached plan is
+    kept only while the search path it was planned under stays, so one text per tenant
+    is planned once per connection, where one text for all would be planned again on
+    every change of tenant (ADR 0020). It has no parameters (the schema, the routes, the
+    batch and the lease are literals; names are checked, values are the registry's and
+    the settings'), so PostgreSQL keeps its first plan instead of planning each of the
+    first five executions for their values."""
+    s = _schema(schema)
+    events = _text_array(event for event, _ in routes)
+    modules = _text_array(module for _, module in routes)
+    lease = float(lease_s)
+    return f"""
+        with t as (
+          select t.id as tenant_id, t.slug as tenant_slug, t.name as tenant_name,
+                 t.schema_name as tenant_schema, t.db_role as tenant_role,
+                 array(select module from platform.tenant_modules m
+                        where m.tenant_id = t.id and m.state = 'installed') as installed,
+                 (select seq from platform.event_tenants e where e.tenant_id = t.id) as seq
+            from platform.tenants t
+           where t.schema_name = '{schema}' and t.status in ('active', 'spare')),
+        routes as (
+          select r.name, r.subscriber, r.ord
+            from unnest({events}, {modules})
+                 with ordinality as r(name, subscriber, ord)
+           where r.subscriber = any(cast((select installed from t) as text[]))),
+        ev as (
+          update {s}.{OUTBOX} o set fanned_out_at = now()
+           where o.id in (select id from {s}.{OUTBOX}
+                           where fanned_out_at is null and exists (select from t)
+                           order by seq limit {int(limit)} for update skip locked)
+          returning o.id, o.seq, o.name, o.version, o.payload, o.occurred_at),
+        fresh as (
+          insert into {s}.{DELIVERIES} (event_id, subscriber, state, attempts, lease_until)
+          select ev.id, r.subscriber, 'running', 1, now() + make_interval(secs => {lease})
+            from ev join routes r on r.name = ev.name
+           order by ev.seq, r.ord
+          on conflict (event_id, subscriber) do nothing
+          returning id, event_id, subscriber, attempts),
         due as (
-          update {DELIVERIES} d
+          update {s}.{DELIVERIES} d
              set state = 'running', attempts = d.attempts + 1,
-                 lease_until = now() + make_interval(secs => :lease)
-            from {OUTBOX} o
+                 lease_until = now() + make_interval(secs => {lease})
+            from {s}.{OUTBOX} o
            where o.id = d.event_id
-             and d.id in (select id from {DELIVERIES}
-                           where (state = 'pending' and next_attempt_at <= now())
-                              or (state = 'running' and lease_until < now())
-                           order by id limit :limit for update skip locked)
+             and d.id in (select id from {s}.{DELIVERIES}
+                           where ((state = 'pending' and next_attempt_at <= now())
+                                  or (state = 'running' and lease_until < now()))
+                             and exists (select from t)
+                           order by id limit {int(limit)} for update skip locked)
           returning d.id, d.event_id, d.subscriber, d.attempts,
                     o.name, o.version, o.payload, o.occurred_at),
         claimed as (
@@ -227,56 +223,102 @@ def _claim_sql(routes: int) -> Any:
           select false, f.id, f.event_id, f.subscriber, f.attempts,
                  ev.name, ev.version, ev.payload, ev.occurred_at
             from fresh f join ev on ev.id = f.event_id)
-        select (select count(*) from ev) as fanned, c.*
-          from (select 1) as one left join claimed c on true
+        select t.*, set_config('synchronous_commit', 'off', true) as no_fsync,
+               (select count(*) from ev) as fanned, c.*
+          from t left join claimed c on true
          order by c.id
         """
-    ).bindparams(*(bindparam(k) for k in names))
+
+
+def _text_array(values: Iterable[str]) -> str:
+    """An SQL text[] literal of `values` (each quoted, quotes doubled)."""
+    quoted = ", ".join("'" + value.replace("'", "''") + "'" for value in values)
+    return f"array[{quoted}]::text[]"
 
 
 async def _fan_out_and_claim(
     platform: Platform, conn: AsyncConnection, key: uuid.UUID | str, report: DeliveryReport
 ) -> tuple[_Pass | None, _Round]:
-    """The round's first transaction: look the tenant up and enter it, fan out, claim.
-    The lease is committed before any handler runs, so a worker lost from here on costs
-    an attempt. With nothing to claim, this is the pass's last transaction: it reindexes."""
-    async with conn.begin():
-        lookup = _LOOKUP_BY_ID if isinstance(key, uuid.UUID) else _LOOKUP_BY_SCHEMA
-        row = (await conn.execute(lookup, {"key": key})).first()
-        if row is None:
-            return None, _Round(0, [], 0)
-        scope = TenantScope(row.schema_name, row.db_role)  # checks the names before any use
-        if row.entered_search_path != scope.search_path:
-            raise RuntimeError(f"entering tenant {row.schema_name} set an unexpected scope")
-        work = _Pass(
-            platform,
-            conn,
-            TenantRef(row.id, row.slug, row.name, row.schema_name, row.db_role),
-            scope,
-            frozenset(row.installed),
-            row.seq,
-            report,
-        )
-        statement, params = _fan_out_and_claim_statement(platform, work.installed)
-        rows = list(await conn.execute(statement, params))
-        fanned = int(rows[0].fanned)
-        claimed = [_claimed(r) for r in rows if r.id is not None]
-        if not claimed and fanned < platform.settings.events_batch:
-            await _finish(work, conn, [], reindex=True)
+    """The round's first transaction (`_claim_sql`), committed before any handler runs, so
+    a worker lost from here on costs an attempt. With nothing to claim, a short tenant
+    transaction reindexes: it is the pass's last."""
+    schema = key if isinstance(key, str) else await _schema_of(conn, key)
+    if schema is None or not SCHEMA_NAME.match(schema):
+        return None, _Round(0, [], 0)  # not a tenant's schema (a forged or stale name)
+    settings = platform.settings
+    statement = _claim_sql(
+        schema, tuple(_routes(platform)), settings.events_batch, settings.events_lease_s
+    )
+    try:
+        rows = await (await _driver(conn)).fetch(statement)
+    except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
+        rows = []  # no such schema (a forged or stale name, a dropped tenant): no tenant
+    except BaseException:
+        if (await _driver(conn)).is_closed():
+            await conn.invalidate()  # the pool must not lend it again
+        raise
+    if not rows:
+        return None, _Round(0, [], 0)
+    row = rows[0]
+    work = _Pass(
+        platform,
+        conn,
+        TenantRef(
+            row["tenant_id"], row["tenant_slug"], row["tenant_name"], schema, row["tenant_role"]
+        ),
+        TenantScope(schema, row["tenant_role"]),  # checks the role's name before any use
+        frozenset(row["installed"]),
+        row["seq"],
+        report,
+    )
+    fanned = int(row["fanned"])
+    claimed = [_claimed(r) for r in rows if r["id"] is not None]
+    if not claimed and fanned < settings.events_batch:
+        await _reindex(work)
     report.fanned_out += fanned
-    return work, _Round(fanned, claimed, sum(1 for r in rows if r.was_due))
+    return work, _Round(fanned, claimed, sum(1 for r in rows if r["was_due"]))
 
 
-def _claimed(row: Any) -> _Claimed:
+async def _driver(conn: AsyncConnection) -> asyncpg.Connection:
+    """The asyncpg connection under `conn`. The relay sends its own statements on it
+    directly (each takes a fraction of SQLAlchemy's client-side cost per statement):
+    outside a transaction one commits by itself, inside one it is part of it."""
+    raw = await conn.get_raw_connection()
+    driver: asyncpg.Connection = raw.driver_connection
+    return driver
+
+
+def _routes(platform: Platform) -> list[tuple[str, str]]:
+    """Every (event, subscriber) the registry knows, subscribers in dependency order; the
+    claim keeps those whose subscriber the tenant has installed."""
+    return [
+        (event, module)
+        for event, modules in platform.registry.subscribers(platform.registry.names).items()
+        for module in modules
+    ]
+
+
+async def _schema_of(conn: AsyncConnection, tenant_id: uuid.UUID) -> str | None:
+    """A tenant named by id (the sweep's passes): its schema, if it is active or spare."""
+    async with conn.begin():
+        schema = await conn.scalar(
+            select(tenants.c.schema_name).where(
+                tenants.c.id == tenant_id, tenants.c.status.in_(("active", "spare"))
+            )
+        )
+    return None if schema is None else str(schema)
+
+
+def _claimed(row: asyncpg.Record) -> _Claimed:
     return _Claimed(
-        row.id,
-        row.event_id,
-        row.subscriber,
-        row.attempts,
-        row.name,
-        row.version,
-        row.payload,
-        row.occurred_at,
+        row["id"],
+        row["event_id"],
+        row["subscriber"],
+        row["attempts"],
+        row["name"],
+        row["version"],
+        row["payload"],
+        row["occurred_at"],
     )
 
 
@@ -345,13 +387,13 @@ async def _run_isolated(work: _Pass, batch: list[_Claimed], *, reindex: bool) ->
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"[:ERROR_LIMIT]
                 if d.attempts >= settings.events_max_attempts:
-                    await session.execute(_DEAD, _fenced(d, error=error))
+                    await session.execute(work.sql.dead, _fenced(d, error=error))
                     outcome.dead.append((d, error))
                 else:
                     delay = backoff_s(
                         d.attempts, settings.events_backoff_s, settings.events_backoff_max_s
                     )
-                    await session.execute(_RETRY, _fenced(d, error=error, delay=delay))
+                    await session.execute(work.sql.retry, _fenced(d, error=error, delay=delay))
                     outcome.retried += 1
         await _finish(work, session, done, reindex=reindex)
     outcome.done = len(done)
@@ -371,12 +413,12 @@ async def _settle_unrunnable(
     uninstalled since the fan-out."""
     if d.attempts > work.platform.settings.events_max_attempts:
         error = f"gave up after {d.attempts - 1} attempts (the last worker was lost)"
-        await session.execute(_DEAD, _fenced(d, error=error))
+        await session.execute(work.sql.dead, _fenced(d, error=error))
         outcome.dead.append((d, error))
         return None
     handler = _handler(work, d)
     if handler is None:
-        await session.execute(_SKIPPED, _fenced(d))
+        await session.execute(work.sql.skipped, _fenced(d))
         outcome.skipped += 1
     return handler
 
@@ -384,8 +426,8 @@ async def _settle_unrunnable(
 async def _run_once(work: _Pass, session: Any, d: _Claimed, handler: Handler) -> None:
     """The inbox row first: a row already there means the effect happened (a worker lost
     after its commit), so the handler is skipped."""
-    first = await session.execute(_INBOX, {"e": d.event_id, "s": d.subscriber})
-    if first.first() is not None:
+    driver = await _driver(await session.connection())  # begins and scopes the transaction
+    if await driver.fetchval(work.sql.inbox, d.event_id, d.subscriber) is not None:
         await handler(_context(work, session, d))
 
 
@@ -395,13 +437,18 @@ async def _finish(work: _Pass, session: Any, done: list[_Claimed], *, reindex: b
     tenant's index entry at its next due time or drop it (`_reindex_events`)."""
     if not done and not reindex:
         return
-    params: dict[str, Any] = {
-        "ids": [d.id for d in done],
-        "attempts": [d.attempts for d in done],
-    }
+    ids, attempts = [d.id for d in done], [d.attempts for d in done]
+    driver = await _driver(await session.connection())  # begins and scopes the transaction
     if reindex:
-        params |= {"tenant": work.tenant.id, "seq": work.seq}
-    await session.execute(_DONE_AND_REINDEX if reindex else _DONE, params)
+        await driver.execute(work.sql.done_and_reindex, ids, attempts, work.tenant.id, work.seq)
+    else:
+        await driver.execute(work.sql.done, ids, attempts)
+
+
+async def _reindex(work: _Pass) -> None:
+    """A round that claimed nothing: the pass's last transaction only reindexes."""
+    async with _session(work) as session, session.begin():
+        await _finish(work, session, [], reindex=True)
 
 
 def _handler(work: _Pass, d: _Claimed) -> Handler | None:
@@ -427,40 +474,61 @@ def _fenced(d: _Claimed, **values: Any) -> dict[str, Any]:
     return {"id": d.id, "attempts": d.attempts, **values}
 
 
-# Every write to a claimed delivery is fenced by its attempt: a slow worker whose lease was
-# taken over changes nothing.
-_INBOX = text(
-    f"insert into {INBOX} (event_id, subscriber) values (:e, :s) on conflict do nothing returning 1"
-)
-_MARK_DONE = (
-    f"update {DELIVERIES} d set state = 'done', done_at = now(), lease_until = null, "
-    "last_error = null from unnest(cast(:ids as bigint[]), cast(:attempts as integer[])) "
-    "as x(id, attempts) where d.id = x.id and d.attempts = x.attempts"
-)
-_DONE = text(_MARK_DONE)
-# The index entry's next due time, in the same statement: the reads do not see the rows
-# this statement marks done, so those are left out of the running ones by hand.
-_DONE_AND_REINDEX = text(
-    f"""with done as ({_MARK_DONE} returning d.id)
-        select _reindex_events(:tenant, :seq, least(
-          (select min(next_attempt_at) from {DELIVERIES} where state = 'pending'),
-          (select min(lease_until) from {DELIVERIES}
-            where state = 'running' and id not in (select id from done)),
-          (select now() from {OUTBOX} where fanned_out_at is null limit 1)))"""
-)
-_SKIPPED = text(
-    f"update {DELIVERIES} set state = 'skipped', done_at = now(), lease_until = null "
-    "where id = :id and attempts = :attempts"
-)
-_RETRY = text(
-    f"update {DELIVERIES} set state = 'pending', lease_until = null, "
-    "next_attempt_at = now() + make_interval(secs => :delay), last_error = :error "
-    "where id = :id and attempts = :attempts"
-)
-_DEAD = text(
-    f"update {DELIVERIES} set state = 'dead', lease_until = null, last_error = :error "
-    "where id = :id and attempts = :attempts"
-)
+@dataclass(frozen=True)
+class _Statements:
+    """The second transaction's own statements for one tenant. They name the tenant's
+    tables with its schema, so each text is planned once per connection and kept (the
+    search path it runs under, the tenant's, is the same every time); one text for every
+    tenant would be planned again at every change of tenant (see `_claim_sql`). The hot
+    three (`inbox`, `done`, `done_and_reindex`) go straight to asyncpg (`_driver`)."""
+
+    inbox: str
+    done: str
+    done_and_reindex: str
+    skipped: Any
+    retry: Any
+    dead: Any
+
+
+@functools.lru_cache(maxsize=4096)
+def _statements(schema: str) -> _Statements:
+    s = _schema(schema)
+    mark_done = (
+        f"update {s}.{DELIVERIES} d set state = 'done', done_at = now(), lease_until = null, "
+        "last_error = null from unnest($1::bigint[], $2::integer[]) as x(id, attempts) "
+        "where d.id = x.id and d.attempts = x.attempts"
+    )
+    # Every write to a claimed delivery is fenced by its attempt: a slow worker whose lease
+    # was taken over changes nothing.
+    return _Statements(
+        inbox=(
+            f"insert into {s}.{INBOX} (event_id, subscriber) values ($1, $2) "
+            "on conflict do nothing returning 1"
+        ),
+        done=mark_done,
+        # The index entry's next due time, in the same statement: the reads do not see the
+        # rows this statement marks done, so those are left out of the running ones by hand.
+        done_and_reindex=f"""
+            with done as ({mark_done} returning d.id)
+            select {s}._reindex_events($3, $4, least(
+              (select min(next_attempt_at) from {s}.{DELIVERIES} where state = 'pending'),
+              (select min(lease_until) from {s}.{DELIVERIES}
+                where state = 'running' and id not in (select id from done)),
+              (select now() from {s}.{OUTBOX} where fanned_out_at is null limit 1)))""",
+        skipped=text(
+            f"update {s}.{DELIVERIES} set state = 'skipped', done_at = now(), "
+            "lease_until = null where id = :id and attempts = :attempts"
+        ),
+        retry=text(
+            f"update {s}.{DELIVERIES} set state = 'pending', lease_until = null, "
+            "next_attempt_at = now() + make_interval(secs => :delay), last_error = :error "
+            "where id = :id and attempts = :attempts"
+        ),
+        dead=text(
+            f"update {s}.{DELIVERIES} set state = 'dead', lease_until = null, "
+            "last_error = :error where id = :id and attempts = :attempts"
+        ),
+    )
 
 
 def backoff_s(attempt: int, base_s: float, max_s: float) -> float:
@@ -671,8 +739,6 @@ async def prune(
     report = PruneReport()
     async with platform.db.autocommit() as conn:
         for (schema,) in list(await conn.execute(query.order_by(tenants.c.schema_name))):
-            if not SCHEMA_NAME.match(schema):  # it is spliced into the statement
-                raise ValueError(f"'{schema}' is not a platform-generated tenant schema name")
             report.tenants += 1
             while True:
                 row = (
@@ -688,7 +754,7 @@ async def prune(
 
 
 def _prune_sql(schema: str) -> str:
-    s = f'"{schema}"'
+    s = _schema(schema)
     return f"""
         with old as (
           select o.id from {s}.{OUTBOX} o
