@@ -70,20 +70,9 @@ def enter_tenant(connection: Connection, scope: TenantScope) -> None:
 
 def search_path_sql(schema: str) -> str:
     """`TenantScope.search_path` as an SQL expression, for a statement that reads the schema
-    name (the SQL expression `schema`) and sets the search path in the same round trip."""
+    name (the SQL expression `schema`) and sets the search path in the same round trip (the
+    spare claim); the caller checks what it set against `TenantScope.search_path`."""
     return f"""('"' || {schema} || '", {EXTENSIONS_SCHEMA}')"""
-
-
-def enter_tenant_columns(schema: str, role: str) -> str:
-    """The same two settings as `enter_tenant`, as select-list items, for a statement that
-    looks the tenant up in the platform schema and enters it at once (the event relay
-    saves a round trip per pass). `schema` and `role` are SQL expressions; the caller
-    must check the row with `TenantScope` (and `entered_search_path` against its
-    `search_path`) before its next statement."""
-    return (
-        f"set_config('search_path', {search_path_sql(schema)}, true) as entered_search_path, "
-        f"set_config('role', {role}, true) as entered_role"
-    )
 
 
 def enter_tenant_schema(connection: Connection, scope: TenantScope) -> None:
@@ -181,11 +170,14 @@ class Database:
             # prepared statements and plans warm, the rest idle until they are recycled.
             pool_use_lifo=True,
             connect_args={
+                # asyncpg's own cache, for the statements the event relay sends it directly
+                # (SQLAlchemy's, above, holds everything else).
+                "statement_cache_size": settings.statement_cache_size,
                 "server_settings": {
                     "search_path": "",
                     "application_name": "dentalpin",
                     **(server_settings or {}),
-                }
+                },
             },
         )
         _check_liveness(self.engine, settings.db_alive_bypass_s)

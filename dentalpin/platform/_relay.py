@@ -3,12 +3,11 @@
 One relay pass (`deliver`) works on one tenant over one pooled connection, in rounds
 until nothing is due or its time budget is spent. A round is two transactions:
 
-1. look up, fan out and claim (committed before any handler runs, so a worker lost
-   from here on costs an attempt): one statement finds the tenant and its installed
-   modules and enters the tenant's scope; one more gives every new event a delivery
-   per subscriber installed *now*, created leased, and leases the due deliveries
-   (pending and due, or running with an expired lease: a lost worker) with
-   `FOR UPDATE SKIP LOCKED`, their attempt counted;
+1. claim (committed before any handler runs, so a worker lost from here on costs an
+   attempt): one statement, which commits by itself, finds the tenant and its installed
+   modules, gives every new event a delivery per subscriber installed *now*, created
+   leased, and leases the due deliveries (pending and due, or running with an expired
+   lease: a lost worker) with `FOR UPDATE SKIP LOCKED`, their attempt counted;
 2. run: the claimed deliveries in one tenant transaction. Each first inserts (event,
    subscriber) into the inbox — a row already there means the effect happened, so the
    handler is skipped — then runs its handler; one closing statement marks the batch
@@ -16,10 +15,15 @@ until nothing is due or its time budget is spent. A round is two transactions:
    with a savepoint each, so the failure rolls back only its own work and is retried
    with exponential backoff and jitter, or dead-lettered after its last attempt.
 
-The pass's last transaction also points the tenant's entry in `platform.event_tenants`
+The pass's last transaction also points the tenant's index entry in `platform.event_tenants`
 at its next due time, or removes it when nothing is left (fenced by `seq`, so a
 concurrent publish is never lost), through the kernel's `_reindex_events`. The sweep
 reads only that index.
+
+The relay's own statements name the tenant's schema in their text (one text per tenant,
+cached), so PostgreSQL keeps their plans instead of planning them again at every change
+of tenant; the hot ones go straight to asyncpg (ADR 0020). Handlers get an ordinary
+tenant `AsyncSession`.
 """
 
 from __future__ import annotations
