@@ -404,7 +404,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             f"(published at {sat['publish_per_s']:.0f}/s by {args.publishers} publishers)",
             flush=True,
         )
-        rate = sat["events_per_s"] / 2
+        rate = args.latency_rate or sat["events_per_s"] / 2
         before = await cpu.snapshot()
         latencies = await bench.paced(rate, args.seconds)
         half_cpu = CpuSplit.per_event_ms(before, await cpu.snapshot(), len(latencies))
@@ -473,6 +473,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100, help="deliveries claimed per round")
     parser.add_argument(
         "--light-rate", type=float, default=20.0, help="events/s of the unqueued latency run"
+    )
+    parser.add_argument(
+        "--latency-rate",
+        type=float,
+        default=None,
+        help="events/s of the latency run (default: half the measured saturation rate); "
+        "to compare settings at one rate",
     )
     args = parser.parse_args()
     emit(asyncio.run(run(args)), args.json)

@@ -53,9 +53,9 @@ class TenantScope:
     role: str
 
     def __post_init__(self) -> None:
-        if not SCHEMA_NAME.match(self.schema):
+        if not SCHEMA_NAME.fullmatch(self.schema):
             raise ValueError(f"'{self.schema}' is not a platform-generated tenant schema name")
-        if not ROLE_NAME.match(self.role):
+        if not ROLE_NAME.fullmatch(self.role):
             raise ValueError(f"'{self.role}' is not a tenant role name")
 
     @property

@@ -152,7 +152,7 @@ async def deliver_many(
 def _schema(name: str) -> str:
     """`name`, double-quoted, once it is known to be a platform-generated tenant schema name
     (the relay's statements name the tenant's tables directly; see `_claim_sql`)."""
-    if not SCHEMA_NAME.match(name):
+    if not SCHEMA_NAME.fullmatch(name):
         raise ValueError(f"'{name}' is not a platform-generated tenant schema name")
     return f'"{name}"'
 
@@ -247,7 +247,7 @@ async def _fan_out_and_claim(
     a worker lost from here on costs an attempt. With nothing to claim, a short tenant
     transaction reindexes: it is the pass's last."""
     schema = key if isinstance(key, str) else await _schema_of(conn, key)
-    if schema is None or not SCHEMA_NAME.match(schema):
+    if schema is None or not SCHEMA_NAME.fullmatch(schema):
         return None, _Round(0, [], 0)  # not a tenant's schema (a forged or stale name)
     settings = platform.settings
     statement = _claim_sql(
@@ -304,12 +304,10 @@ def _routes(platform: Platform) -> list[tuple[str, str]]:
 
 async def _schema_of(conn: AsyncConnection, tenant_id: uuid.UUID) -> str | None:
     """A tenant named by id (the sweep's passes): its schema, if it is active or spare."""
-    async with conn.begin():
-        schema = await conn.scalar(
-            select(tenants.c.schema_name).where(
-                tenants.c.id == tenant_id, tenants.c.status.in_(("active", "spare"))
-            )
-        )
+    schema = await (await _driver(conn)).fetchval(
+        "select schema_name from platform.tenants where id = $1 and status in ('active', 'spare')",
+        tenant_id,
+    )
     return None if schema is None else str(schema)
 
 

@@ -348,6 +348,29 @@ async def test_one_relay_task_delivers_to_several_tenants_side_by_side(events):
     assert not await indexed(events, a) and not await indexed(events, b)
 
 
+async def test_a_relay_task_naming_no_tenant_delivers_nothing_and_touches_nothing(events):
+    """The relay splices a task's schema name into its statements (ADR 0020): a name that
+    is not a platform-generated schema, or names none, is a pass with nothing to do."""
+    tenant = await ledger_tenant(events)
+    with nudge_lost(events):
+        entry = await add(events, tenant, "waits")
+    hostile = [
+        f'{tenant.schema_name}"._outbox; delete from "{tenant.schema_name}"._outbox; --',
+        tenant.schema_name.upper(),
+        tenant.schema_name + "\n",
+        "t_nosuchtenant00",
+        "platform",
+        uuid.uuid4(),
+    ]
+    for name in hostile:
+        report = await deliver(events, name)
+        assert (report.fanned_out, report.delivered) == (0, 0), name
+    assert len(await rows(events, tenant, "select * from _outbox")) == 1
+    assert await effects_of(events, tenant, entry) == 0
+    # The tenant's own pass still finds its event.
+    assert (await deliver(events, tenant.schema_name)).delivered == 1
+
+
 class Broker:
     """A Celery nudge on a key prefix of its own in the real Redis, which no worker
     consumes: the `events` list shows exactly what was sent."""
