@@ -7,20 +7,52 @@ whole run (once, in the xdist controller) and their URLs are handed to workers.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
+from dentalpin.platform._nudge import FAILED_DELIVERY
 from dentalpin.platform._runtime import Platform
 from dentalpin.platform._settings import Settings
 from dentalpin.tenants import migrate_platform, sync_catalogue
 
 _services: contextlib.ExitStack | None = None
+
+
+class _DeliveryFailures(logging.Handler):
+    """Collects the in-process relay's delivery failures, which it only logs (a publish must
+    not fail because its delivery did), so a test cannot pass while its deliveries fail."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.failures: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith(FAILED_DELIVERY):
+            self.failures.append(message)
+
+
+@pytest.fixture(autouse=True)
+def _no_hidden_delivery_failures(request: pytest.FixtureRequest) -> Iterator[None]:
+    handler = _DeliveryFailures()
+    logger = logging.getLogger("dentalpin.platform._nudge")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+    if handler.failures and request.node.get_closest_marker("delivery_failures_expected") is None:
+        pytest.fail(
+            "in-process event deliveries failed during the test (mark it "
+            "`delivery_failures_expected` if that is the point):\n" + "\n".join(handler.failures)
+        )
 
 
 def pytest_configure(config: pytest.Config) -> None:

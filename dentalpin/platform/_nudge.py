@@ -30,6 +30,7 @@ DELIVER_TASK = "dentalpin.events.deliver"
 SWEEP_TASK = "dentalpin.events.sweep"
 EVENTS_QUEUE = "events"
 MAX_IN_FLIGHT = 1000
+FAILED_DELIVERY = "in-process event delivery failed"
 
 
 class CircuitBreaker:
@@ -192,7 +193,7 @@ class InProcessNudge:
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.warning("in-process event delivery failed: %s", task.exception())
+            log.warning("%s: %s", FAILED_DELIVERY, task.exception())
 
     async def drain(self) -> None:
         while self._tasks:

@@ -371,6 +371,32 @@ async def test_a_relay_task_naming_no_tenant_delivers_nothing_and_touches_nothin
     assert (await deliver(events, tenant.schema_name)).delivered == 1
 
 
+@pytest.mark.delivery_failures_expected
+async def test_a_failed_in_process_delivery_reaches_the_test_guard(events, monkeypatch):
+    """The in-process relay only logs a failed delivery (the publish has committed); the
+    test suite's guard (`tests/conftest.py`) collects those lines and fails any test that
+    did not expect them. This one does, and checks that the guard would have seen it."""
+    import logging
+
+    from tests.conftest import _DeliveryFailures
+
+    tenant = await ledger_tenant(events)
+
+    async def relay_down(*_args: Any, **_kwargs: Any) -> None:
+        raise RuntimeError("relay down")
+
+    monkeypatch.setattr("dentalpin.platform._relay.deliver", relay_down)
+    guard = _DeliveryFailures()
+    logging.getLogger("dentalpin.platform._nudge").addHandler(guard)
+    try:
+        await add(events, tenant, "published anyway")
+        await drain(events)
+    finally:
+        logging.getLogger("dentalpin.platform._nudge").removeHandler(guard)
+    assert guard.failures and "relay down" in guard.failures[0]
+    assert len(await rows(events, tenant, "select * from _outbox")) == 1
+
+
 class Broker:
     """A Celery nudge on a key prefix of its own in the real Redis, which no worker
     consumes: the `events` list shows exactly what was sent."""
