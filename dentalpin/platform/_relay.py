@@ -47,6 +47,7 @@ from ._db import SCHEMA_NAME, TenantScope
 from ._errors import NotFound
 from ._events import DELIVERIES, INBOX, OUTBOX, EventContext, Handler
 from ._module import TenantRef
+from ._registry import Registry
 from ._runtime import Platform
 from ._tables import event_dead_letters, event_tenants, tenants
 
@@ -251,7 +252,7 @@ async def _fan_out_and_claim(
         return None, _Round(0, [], 0)  # not a tenant's schema (a forged or stale name)
     settings = platform.settings
     statement = _claim_sql(
-        schema, tuple(_routes(platform)), settings.events_batch, settings.events_lease_s
+        schema, _routes(platform.registry), settings.events_batch, settings.events_lease_s
     )
     try:
         rows = await (await _driver(conn)).fetch(statement)
@@ -292,14 +293,16 @@ async def _driver(conn: AsyncConnection) -> asyncpg.Connection:
     return driver
 
 
-def _routes(platform: Platform) -> list[tuple[str, str]]:
+@functools.lru_cache(maxsize=16)
+def _routes(registry: Registry) -> tuple[tuple[str, str], ...]:
     """Every (event, subscriber) the registry knows, subscribers in dependency order; the
-    claim keeps those whose subscriber the tenant has installed."""
-    return [
+    claim keeps those whose subscriber the tenant has installed. Computed once per
+    registry (its modules do not change in a process), not on every round."""
+    return tuple(
         (event, module)
-        for event, modules in platform.registry.subscribers(platform.registry.names).items()
+        for event, modules in registry.subscribers(registry.names).items()
         for module in modules
-    ]
+    )
 
 
 async def _schema_of(conn: AsyncConnection, tenant_id: uuid.UUID) -> str | None:
