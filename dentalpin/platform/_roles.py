@@ -62,15 +62,17 @@ async def installed_modules(conn: Conn, tenant_id: uuid.UUID) -> list[str]:
 
 
 def seeded_grants(registry: Registry, installed: list[str]) -> dict[str, set[str]]:
-    """What each system role holds, given the tenant's installed modules."""
-    grants: dict[str, set[str]] = {role: set() for role in BUILTIN_ROLES}
-    grants[ADMIN_ROLE] |= set(PLATFORM_PERMISSIONS)
-    grants[SUPPORT_ROLE].add("platform.audit.read")
-    for name in installed:
-        if name not in registry:
-            continue  # a module no package provides any more grants nothing
-        for role, permissions in registry.get(name).manifest.qualified_grants().items():
-            grants.setdefault(role, set()).update(permissions)
+    """What each system role holds, given the tenant's installed modules: the offer
+    (`_offer`, the one statement of the rules) filtered as `_SYNC_ROLES` filters it."""
+    offer = _offer(registry)
+    wanted = {"", *installed}
+    grants: dict[str, set[str]] = {}
+    for module, role in zip(offer.roles["role_modules"], offer.roles["role_names"], strict=True):
+        if module in wanted:
+            grants.setdefault(role, set())
+    for module, role, permission in zip(*offer.grants.values(), strict=True):
+        if module in wanted:
+            grants[role].add(permission)
     return grants
 
 
@@ -203,7 +205,7 @@ async def sync_roles(
 
     Installed means the `installed` rows of `platform.tenant_modules`, plus `adding` and
     minus `removing` (a lifecycle listener knows the outcome before every row is written).
-    One round trip (`_SYNC_ROLES`); `seeded_grants` says the same in Python."""
+    One round trip (`_SYNC_ROLES`); `seeded_grants` computes the same outcome in Python."""
     offer = _offer(registry)
     await conn.execute(
         _SYNC_ROLES,

@@ -415,9 +415,10 @@ async def test_roles_follow_a_module_upgrade_that_changes_its_grants(platform, t
 
 
 async def test_sync_roles_keeps_the_rules_of_seeded_grants(platform):
-    """The one-statement sync against the rules written in Python (`seeded_grants`): system
-    roles hold exactly the installed grants, a clinic's custom role keeps a system role's
-    name and is never granted to, custom roles lose uninstalled modules' permissions."""
+    """The one-statement sync against the same offer filtered in Python (`seeded_grants`):
+    system roles hold exactly the installed grants, a clinic's custom role keeps a system
+    role's name and is never granted to, custom roles lose uninstalled modules'
+    permissions."""
     tenant = await create_tenant(platform, unique_slug("sync"), modules=["recall"])
     async with platform.db.engine.connect() as conn:
         states = await module_states(conn, tenant.id)
@@ -443,6 +444,11 @@ async def test_sync_roles_keeps_the_rules_of_seeded_grants(platform):
         return {role: permissions for role, permissions in wanted.items() if permissions}
 
     without_recall = [m for m in installed if m != "recall"]
+    # The offer's own rules, stated independently of it.
+    assert expected(without_recall)["admin"] >= set(PLATFORM_PERMISSIONS)
+    assert "platform.audit.read" in expected(without_recall)["support"]
+    assert not any(p.startswith("recall.") for ps in expected(without_recall).values() for p in ps)
+    assert any(p.startswith("recall.") for ps in expected(installed).values() for p in ps)
     held = await grants(platform, tenant)
     assert held.pop("receptionist") == custom - {"recall.reminder.read"}
     assert held == expected(without_recall)
