@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -191,9 +192,23 @@ def worker(
 
 @app.command()
 def beat() -> None:
-    """Run the Celery beat scheduler (the Procfile's `beat`; run exactly one)."""
+    """Run the Celery beat scheduler (the Procfile's `beat`). Any number may run: one
+    leads, the others stand by until it ends (a PostgreSQL advisory lock, ADR 0021)."""
+    from dentalpin.platform._beat import lead
     from dentalpin.platform._celery import app as celery
 
+    # Celery sets logging up only once this beat leads: until then, say what it waits for.
+    said = logging.StreamHandler()
+    said.setFormatter(logging.Formatter("[%(asctime)s: %(levelname)s] %(message)s"))
+    waiting = logging.getLogger("dentalpin.platform._beat")
+    waiting.addHandler(said)
+    waiting.setLevel(logging.INFO)
+    try:
+        lead(get_settings())
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    finally:
+        waiting.removeHandler(said)
     schedule = get_settings().data_dir / "celerybeat-schedule"
     schedule.parent.mkdir(parents=True, exist_ok=True)
     celery.start(["beat", "--loglevel=INFO", "-s", str(schedule)])

@@ -18,9 +18,14 @@ from typing import Any
 
 import redis
 from celery import Celery
-from celery.signals import worker_process_init, worker_process_shutdown, worker_shutdown
+from celery.signals import (
+    beat_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
+)
 
-from . import _workers
+from . import _beat, _workers
 from ._jobs import reap_jobs, run_job
 from ._nudge import DELIVER_TASK, EVENTS_QUEUE, SWEEP_TASK, chunked, pending_key
 from ._periodic import run_chunk, tick
@@ -220,6 +225,12 @@ def celery_app(settings: Settings) -> Celery:
     if key not in _senders:
         _senders[key] = make_celery(settings, current=False)
     return _senders[key]
+
+
+@beat_init.connect  # type: ignore[untyped-decorator]
+def _lead(**_: Any) -> None:
+    """Schedule nothing until this beat holds the beat lock: exactly one beat leads."""
+    _beat.lead(app_settings)
 
 
 @worker_process_init.connect  # type: ignore[untyped-decorator]

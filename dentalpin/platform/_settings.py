@@ -108,6 +108,11 @@ class Settings(BaseSettings):
     events_nudge_timeout_s: float = Field(default=0.5, gt=0)
     events_breaker_cooldown_s: float = Field(default=10.0, gt=0)
     """After a failed nudge, commits skip the broker this long (the sweep covers them)."""
+    beat_standby_retry_s: float = Field(default=5.0, gt=0)
+    """How often a standby beat tries to take the beat lock (`_beat`): the longest a
+    platform goes without a leading beat after the leader's end."""
+    beat_lock_check_s: float = Field(default=10.0, gt=0)
+    """How often the leading beat checks the connection that holds its lock."""
     periodic_tick_s: float = Field(default=30.0, gt=0)
     """How often beat looks for due periodic jobs (their intervals are rounded up to it)."""
     periodic_chunk: int = Field(default=50, ge=1, le=10_000)
