@@ -94,7 +94,7 @@ def events_retry(
 
 @events_app.command("stats")
 def events_stats(as_json: JsonOpt = False) -> None:
-    """Deliveries by state, outbox lag, dead letters and jobs by state."""
+    """Deliveries by state, outbox lag, dead letters, jobs by state, and which beat leads."""
     from dentalpin.cli import emit_json, out, run
 
     async def go(platform: Platform) -> None:
@@ -109,6 +109,12 @@ def events_stats(as_json: JsonOpt = False) -> None:
         table.add_row("tenants with work", str(stats["tenants_with_work"]))
         for state, n in sorted(stats["jobs"].items()):
             table.add_row(f"jobs {state}", str(n))
+        leader = stats["beat"]["leader"]
+        table.add_row(
+            "beat leader",
+            leader or "[red]none: nothing schedules the sweep, reaper or periodic jobs[/red]",
+        )
+        table.add_row("beat standbys", str(stats["beat"]["standbys"]))
         out.print(table)
 
     run(go)

@@ -54,11 +54,20 @@ class Replayed(BaseModel):
     tenants: list[str]
 
 
+class BeatState(BaseModel):
+    leader: str | None = Field(
+        description="The leading beat's connection; null: no beat runs (nothing schedules "
+        "the sweep, the job reaper or periodic jobs)"
+    )
+    standbys: int = Field(description="Beats waiting to take over")
+
+
 class Stats(BaseModel):
     deliveries: dict[str, int]
     outbox_lag_s: float
     tenants_with_work: int
     jobs: dict[str, int]
+    beat: BeatState
 
 
 async def _tenant_id(platform: Platform, actor: Actor, slug: str | None) -> uuid.UUID | None:
@@ -105,7 +114,7 @@ async def retry_many(body: Replay, platform: PlatformDep, actor: Operator) -> di
 
 @router.get("/stats", response_model=Stats, responses=problems(401, 403, 404))
 async def stats(platform: PlatformDep, _: Operator) -> dict[str, Any]:
-    """Deliveries by state, outbox lag, dead letters and jobs by state."""
+    """Deliveries by state, outbox lag, dead letters, jobs by state, and which beat leads."""
     return await pipeline_stats(platform)
 
 
@@ -140,6 +149,15 @@ async def metrics(request: Request, platform: PlatformDep) -> Response:
         "Tenants in the sweep's index",
         registry=registry,
     ).set(data["tenants_with_work"])
+    Gauge(
+        "dentalpin_beat_leaders",
+        "Beats leading: 1, or 0 when none runs (alert: nothing schedules the sweep, the job "
+        "reaper or periodic jobs)",
+        registry=registry,
+    ).set(0 if data["beat"]["leader"] is None else 1)
+    Gauge("dentalpin_beat_standbys", "Beats standing by to take over", registry=registry).set(
+        data["beat"]["standbys"]
+    )
     jobs = Gauge("dentalpin_jobs", "Lifecycle jobs by state", ["state"], registry=registry)
     for state in ("queued", "running", "succeeded", "failed", "cancelled"):
         jobs.labels(state).set(data["jobs"].get(state, 0))

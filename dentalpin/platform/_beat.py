@@ -29,15 +29,23 @@ LOCK_KEYS = (0x44504254, 1)
 """("DPBT", 1), the two-key form: apart from the platform's one-key advisory locks."""
 EXIT_LOST = 75
 
-_HOLDER = """
+APPLICATION_NAME = "dentalpin-beat"
+_HOLDER = f"""
     select coalesce(nullif(a.application_name, ''), 'a session') || ' (backend pid '
            || a.pid || coalesce(', from ' || host(a.client_addr), '') || ', since '
            || to_char(a.backend_start, 'YYYY-MM-DD HH24:MI:SS TZ') || ')'
       from pg_locks l join pg_stat_activity a on a.pid = l.pid
      where l.locktype = 'advisory' and l.granted and l.objsubid = 2
-       and l.classid = $1::oid and l.objid = $2::oid
+       and l.classid = {LOCK_KEYS[0]} and l.objid = {LOCK_KEYS[1]}
        and l.database = (select oid from pg_database where datname = current_database())
 """
+STATUS_SQL = f"""
+    select ({_HOLDER}) as leader,
+           (select count(*) from pg_stat_activity where datname = current_database()
+               and application_name like '{APPLICATION_NAME} %') as connected
+"""
+"""Who leads (None: no beat runs, nothing schedules the sweep, the reaper or periodic
+jobs) and how many beats are connected, leader included (`pipeline_stats`)."""
 
 
 def _exit_lost() -> None:
@@ -55,7 +63,7 @@ class BeatLeadership:
         self._retry_s = settings.beat_standby_retry_s
         self._check_s = settings.beat_lock_check_s
         self._on_lost = on_lost
-        self.name = f"dentalpin-beat {socket.gethostname()} pid {os.getpid()}"[:63]
+        self.name = f"{APPLICATION_NAME} {socket.gethostname()} pid {os.getpid()}"[:63]
         self._conn: asyncpg.Connection | None = None
         self._watcher: Future[None] | None = None
         self._loop = asyncio.new_event_loop()
@@ -88,7 +96,7 @@ class BeatLeadership:
                 if await self._conn.fetchval("select pg_try_advisory_lock($1, $2)", *LOCK_KEYS):
                     log.info("beat: leading (%s holds the beat lock)", self.name)
                     return
-                holder = await self._conn.fetchval(_HOLDER, *LOCK_KEYS)
+                holder = await self._conn.fetchval(_HOLDER)
                 status = f"another beat leads: {holder or 'a session that just ended'}"
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 await self._close()

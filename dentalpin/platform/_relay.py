@@ -43,6 +43,7 @@ from sqlalchemy import delete, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ._beat import STATUS_SQL as BEAT_STATUS_SQL
 from ._db import SCHEMA_NAME, TenantScope
 from ._errors import NotFound
 from ._events import DELIVERIES, INBOX, OUTBOX, EventContext, Handler
@@ -780,7 +781,8 @@ def _prune_sql(schema: str) -> str:
 
 async def pipeline_stats(platform: Platform, *, max_tenants: int = 500) -> dict[str, Any]:
     """Deliveries by state and the outbox lag, over the tenants the index names (those are
-    the only ones with work), plus the dead letters and the jobs by state."""
+    the only ones with work), plus the dead letters, the jobs by state, and which beat
+    leads (`_beat`; none means nothing schedules the sweep, the reaper or periodic jobs)."""
     async with platform.db.autocommit() as conn:
         pending_tenants = list(
             await conn.execute(
@@ -816,9 +818,11 @@ async def pipeline_stats(platform: Platform, *, max_tenants: int = 500) -> dict[
                 text("select state, count(*) as n from platform.jobs group by state")
             )
         )
+        beat = (await conn.execute(text(BEAT_STATUS_SQL))).one()
     return {
         "deliveries": {**states, "dead": int(dead or 0)},
         "outbox_lag_s": round(lag_s, 3),
         "tenants_with_work": len(pending_tenants),
         "jobs": jobs,
+        "beat": {"leader": beat.leader, "standbys": max(0, beat.connected - 1)},
     }

@@ -20,6 +20,7 @@ import pytest
 import redis
 
 from dentalpin.platform._beat import BeatLeadership
+from dentalpin.platform._relay import pipeline_stats
 from dentalpin.platform._runtime import Platform
 
 SWEEP_S = 0.2
@@ -56,11 +57,15 @@ async def test_a_second_beat_stands_by_naming_the_leader_and_takes_over_when_it_
         await asyncio.sleep(0.5)  # several tries of the standby
         assert waiting.is_alive(), "two beats lead"
         assert f"another beat leads: {leader.name}" in caplog.text
+        beat = (await pipeline_stats(platform))["beat"]
+        assert beat["leader"].startswith(f"{leader.name} (backend pid ")
+        assert beat["standbys"] == 1
     finally:
         leader.release()
     await _wait(lambda: not waiting.is_alive(), "the standby to lead", within=5)
     assert f"beat: leading ({standby.name}" in caplog.text
     standby.release()
+    assert (await pipeline_stats(platform))["beat"] == {"leader": None, "standbys": 0}
 
 
 async def test_a_leader_whose_lock_connection_is_cut_stops(platform: Platform):

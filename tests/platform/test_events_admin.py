@@ -124,6 +124,7 @@ async def test_prometheus_metrics_expose_the_pipeline(quick):
     assert dead >= 1
     assert "dentalpin_event_outbox_lag_seconds" in body
     assert 'dentalpin_jobs{state="succeeded"}' in body
+    assert "\ndentalpin_beat_leaders 0.0\n" in body  # no beat runs on this database: alert
 
     locked = with_settings(quick, metrics_token=SecretStr("scrape-secret"))
     try:
@@ -161,7 +162,10 @@ async def test_cli_lists_and_replays_dead_letters(quick, tmp_path: Path):
     assert delivered["delivered"] == 1
     assert json.loads(cli("events", "failed", "--tenant", tenant.slug, "--json").stdout) == []
     stats = json.loads(cli("events", "stats", "--json").stdout)
-    assert set(stats) == {"deliveries", "outbox_lag_s", "tenants_with_work", "jobs"}
+    assert set(stats) == {"deliveries", "outbox_lag_s", "tenants_with_work", "jobs", "beat"}
+    assert stats["beat"] == {"leader": None, "standbys": 0}  # no beat runs on this database
+    table = cli("events", "stats").stdout.splitlines()
+    assert any("beat leader" in line and "none: nothing schedules" in line for line in table)
 
     # The replayed event is settled now: pruning with no age removes it, once.
     args = ("events", "prune", "--tenant", tenant.slug, "--older-than-days", "0")
