@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 from uuid import UUID
 
-from sqlalchemy import MetaData
+from sqlalchemy import ARRAY, Enum, MetaData
+from sqlalchemy.dialects.postgresql import DOMAIN
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from ._manifest import Manifest
 
@@ -33,6 +35,39 @@ NAMING_CONVENTION: dict[str, str] = {
 def module_metadata() -> MetaData:
     """Schema-less metadata for a module's tables; the tenant's search path places them."""
     return MetaData(naming_convention=NAMING_CONVENTION)
+
+
+PER_SCHEMA_TYPES = (
+    "Such a type is created in every clinic's schema with its own OID, and a statement "
+    'prepared for one clinic then fails for the next ("column is of type t_b.kind but '
+    'expression is of type t_a.kind"): use Enum(..., native_enum=False), or text with a '
+    "CHECK constraint (docs/modules.md, section 3)"
+)
+
+
+def check_metadata(metadata: MetaData | None) -> list[str]:
+    """Columns of a module's tables whose type PostgreSQL would create in the tenant's
+    schema (a native enum, a domain, or an array of one): see `PER_SCHEMA_TYPES`."""
+    if metadata is None:
+        return []
+    return [
+        f"column {table.name}.{column.name} has the PostgreSQL {found}"
+        for table in metadata.tables.values()
+        for column in table.columns
+        if (found := _per_schema_type(column.type)) is not None
+    ]
+
+
+def _per_schema_type(kind: TypeEngine[Any]) -> str | None:
+    if isinstance(kind, TypeDecorator):
+        return _per_schema_type(kind.impl_instance)
+    if isinstance(kind, ARRAY):
+        return _per_schema_type(kind.item_type)
+    if isinstance(kind, DOMAIN):
+        return f"domain type '{kind.name}'"
+    if isinstance(kind, Enum) and kind.native_enum:
+        return f"enum type '{kind.name}'"
+    return None
 
 
 @dataclass(frozen=True)

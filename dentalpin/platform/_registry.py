@@ -20,7 +20,7 @@ from .. import __version__ as core_version_of_this_build
 from ._errors import UnknownModule
 from ._events import check_subscriptions, declare_events
 from ._manifest import Manifest, satisfies
-from ._module import Module
+from ._module import PER_SCHEMA_TYPES, Module, check_metadata
 from ._periodic import check_periodic
 
 ENTRY_POINT_GROUP = "dentalpin.modules"
@@ -229,6 +229,9 @@ def _accept(candidate: Candidate, core_version: str) -> tuple[ModuleSpec | None,
         periodic = instance.periodic()
     except Exception as exc:
         return None, f"could not be instantiated: {type(exc).__name__}: {exc}"
+    problems = check_metadata(cls.metadata)
+    if problems:
+        return None, f"tables: {'; '.join(problems)}. {PER_SCHEMA_TYPES}"
     problems = check_periodic(manifest.name, periodic)
     if problems:
         return None, "periodic jobs: " + "; ".join(problems)

@@ -6,6 +6,8 @@ the registry discovers, built in or third-party alike, parametrized by module na
   (`dentalpin.platform`), its own package and the modules in its `depends`;
 - its foreign keys point only to its own tables or to tables of modules in its `depends`,
   in its metadata and in the schema its migrations really build;
+- no column its migrations build has an enum, domain or composite type of the tenant's
+  schema (another OID in every clinic; the registry refuses such types in metadata);
 - every HTTP route declares a permission the registry knows, or is explicitly public;
 - its migration lineage lints clean (no CREATE EXTENSION, declared requirements, one head);
 - uninstall leaves the tenant schema exactly as it was before the install, and restore
@@ -485,6 +487,60 @@ async def test_migrated_foreign_keys_stay_within_depends(platform: Platform, nam
         name, tenant.schema_name, fks, owners, REGISTRY.get(name).manifest.depends
     )
     assert problems == [], "\n".join(problems)
+
+
+_PER_SCHEMA_COLUMNS = text(
+    """
+    select c.relname as table_name, a.attname as column_name,
+           format_type(a.atttypid, a.atttypmod) as type_name
+      from pg_attribute a
+      join pg_class c on c.oid = a.attrelid
+      join pg_type t on t.oid = a.atttypid
+      left join pg_type e on e.oid = t.typelem and t.typcategory = 'A'
+     where c.relnamespace = cast(:schema as regnamespace) and c.relkind in ('r', 'p', 'v', 'm')
+       and a.attnum > 0 and not a.attisdropped
+       and coalesce(e.typtype, t.typtype) in ('e', 'd', 'c')
+       and coalesce(e.typnamespace, t.typnamespace) = cast(:schema as regnamespace)
+     order by 1, 2
+    """
+)
+"""Columns whose type (or array element type) is an enum, domain or composite type of the
+tenant's own schema: such a type has another OID in every clinic (see `check_metadata`)."""
+
+
+@pytest.mark.parametrize("name", MODULES)
+async def test_migrated_columns_have_no_type_created_per_schema(
+    platform: Platform, name: str
+) -> None:
+    tenant = await create_tenant(platform, unique_slug("ty"), modules=[name])
+    async with platform.db.engine.connect() as conn:
+        owners = owners_in_tenant(await module_states(conn, tenant.id))
+        found = await conn.execute(_PER_SCHEMA_COLUMNS, {"schema": tenant.schema_name})
+    problems = [
+        f"{name}: column {r.table_name}.{r.column_name} has the type {r.type_name}, created "
+        "in the tenant's schema"
+        for r in found
+        if owners.get(r.table_name) == name
+    ]
+    assert problems == [], "\n".join(problems)
+
+
+async def test_the_per_schema_type_checker_catches_violations(platform: Platform) -> None:
+    tenant = await create_tenant(platform, unique_slug("ty"))
+    s = f'"{tenant.schema_name}"'
+    async with platform.db.engine.connect() as conn, conn.begin() as tx:
+        await conn.execute(text(f"create type {s}.kind as enum ('a')"))
+        await conn.execute(text(f"create domain {s}.code as text"))
+        await conn.execute(
+            text(f"create table {s}.things (k {s}.kind, ks {s}.kind[], c {s}.code, t text)")
+        )
+        found = list(await conn.execute(_PER_SCHEMA_COLUMNS, {"schema": tenant.schema_name}))
+        await tx.rollback()
+    assert [(r.table_name, r.column_name) for r in found] == [
+        ("things", "c"),
+        ("things", "k"),
+        ("things", "ks"),
+    ]
 
 
 def test_the_schema_fk_checker_catches_violations() -> None:

@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import ARRAY, Column, Enum, Integer, Table, Text, select
+from sqlalchemy.dialects.postgresql import DOMAIN, ENUM
+from sqlalchemy.types import TypeDecorator
 
-from dentalpin.platform import Manifest, Module, Registry, UnknownModule
+from dentalpin.platform import Manifest, Module, Registry, UnknownModule, module_metadata
 from dentalpin.platform._registry import ENTRY_POINT_GROUP, Candidate, _load_entry_point
 from dentalpin.platform._runtime import Platform
 from dentalpin.platform._tables import modules as catalogue
@@ -249,6 +251,50 @@ def test_a_missing_manifest_is_quarantined() -> None:
     no_manifest = type("NoManifest", (Module,), {})
     registry = Registry.build([Candidate("empty", no_manifest, "dist-e")], CORE)
     assert registry.quarantined["empty"].reason.startswith("invalid manifest: ")
+
+
+def _with_table(name: str, *columns: Column[Any]) -> type[Module]:
+    cls = module_class(name)
+    metadata = module_metadata()
+    Table(f"{name}_things", metadata, Column("id", Integer, primary_key=True), *columns)
+    cls.metadata = metadata
+    return cls
+
+
+class _Wrapped(TypeDecorator[str]):
+    impl = Enum("x", "y", name="wrapped_kind")
+    cache_ok = True
+
+
+def test_a_column_of_a_type_created_per_schema_is_quarantined_with_the_way_out() -> None:
+    registry = Registry.from_classes(
+        [
+            _with_table("enum", Column("kind", Enum("a", "b", name="enum_kind"))),
+            _with_table("pgenum", Column("kind", ENUM("a", name="pgenum_kind"))),
+            _with_table("domain", Column("code", DOMAIN("domain_code", Text))),
+            _with_table("arrayed", Column("kinds", ARRAY(Enum("a", name="arrayed_kind")))),
+            _with_table("wrapped", Column("kind", _Wrapped())),
+            _with_table(
+                "plain", Column("kind", Enum("a", "b", native_enum=False)), Column("t", Text)
+            ),
+        ],
+        CORE,
+    )
+    assert registry.names == ["plain"]
+    found = reasons(registry)
+    assert found["enum"].startswith(
+        "tables: column enum_things.kind has the PostgreSQL enum type 'enum_kind'. "
+        "Such a type is created in every clinic's schema with its own OID"
+    )
+    assert "use Enum(..., native_enum=False), or text with a CHECK constraint" in found["enum"]
+    assert "column pgenum_things.kind has the PostgreSQL enum type 'pgenum_kind'" in found["pgenum"]
+    assert (
+        "column domain_things.code has the PostgreSQL domain type 'domain_code'" in found["domain"]
+    )
+    assert "column arrayed_things.kinds has the PostgreSQL enum type" in found["arrayed"]
+    assert (
+        "column wrapped_things.kind has the PostgreSQL enum type 'wrapped_kind'" in found["wrapped"]
+    )
 
 
 def test_entry_point_name_must_match_the_manifest_name() -> None:
