@@ -8,7 +8,6 @@ import logging
 import os
 import secrets
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -22,6 +21,7 @@ import redis
 from dentalpin.platform._beat import BeatLeadership
 from dentalpin.platform._relay import pipeline_stats
 from dentalpin.platform._runtime import Platform
+from tests.platform.processes import Process
 
 SWEEP_S = 0.2
 
@@ -93,40 +93,23 @@ async def test_a_leader_whose_lock_connection_is_cut_stops(platform: Platform):
     follower.release()
 
 
-class Beat:
-    def __init__(self, platform: Platform, prefix: str, workdir: Path):
-        self.log = workdir / "beat.log"
-        env = {
-            **os.environ,
-            "DATABASE_URL": platform.settings.database_url or "",
-            "REDIS_URL": platform.settings.redis_url or "",
-            "DENTALPIN_ROLE_PREFIX": platform.settings.role_prefix,
-            "DENTALPIN_DATA_DIR": str(workdir),
-            "DENTALPIN_ENVIRONMENT": "test",
-            "DENTALPIN_CELERY_KEY_PREFIX": prefix,
-            "DENTALPIN_EVENTS_SWEEP_EVERY_S": str(SWEEP_S),
-            "DENTALPIN_BEAT_STANDBY_RETRY_S": "0.2",
-            "DENTALPIN_BEAT_LOCK_CHECK_S": "0.5",
-        }
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "dentalpin", "beat"],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+def _beat(platform: Platform, prefix: str, workdir: Path) -> Process:
+    env = {
+        **os.environ,
+        "DATABASE_URL": platform.settings.database_url or "",
+        "REDIS_URL": platform.settings.redis_url or "",
+        "DENTALPIN_ROLE_PREFIX": platform.settings.role_prefix,
+        "DENTALPIN_DATA_DIR": str(workdir),
+        "DENTALPIN_ENVIRONMENT": "test",
+        "DENTALPIN_CELERY_KEY_PREFIX": prefix,
+        "DENTALPIN_EVENTS_SWEEP_EVERY_S": str(SWEEP_S),
+        "DENTALPIN_BEAT_STANDBY_RETRY_S": "0.2",
+        "DENTALPIN_BEAT_LOCK_CHECK_S": "0.5",
+    }
+    workdir.mkdir()
+    beat = Process("beat", [sys.executable, "-m", "dentalpin", "beat"], env, workdir)
+    beat.spawn()
+    return beat
 
 
 async def test_of_two_beat_processes_one_schedules_and_the_other_takes_over_when_it_dies(
@@ -136,13 +119,11 @@ async def test_of_two_beat_processes_one_schedules_and_the_other_takes_over_when
     prefix = f"dpbeat-{secrets.token_hex(4)}:"
     client = redis.Redis.from_url(platform.settings.redis_url or "redis://127.0.0.1:6379/0")
     queue = f"{prefix}periodic"
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    first = Beat(platform, prefix, tmp_path / "a")
-    second: Beat | None = None
+    first = _beat(platform, prefix, tmp_path / "a")
+    second: Process | None = None
     try:
         await _wait(lambda: "beat: leading" in first.output(), "the first beat to lead", 60)
-        second = Beat(platform, prefix, tmp_path / "b")
+        second = _beat(platform, prefix, tmp_path / "b")
         standing = f"another beat leads: dentalpin-beat {os.uname().nodename}"
         await _wait(lambda: standing in second.output(), "the second beat to stand by", 60)
         assert f"pid {first.proc.pid}" in second.output()

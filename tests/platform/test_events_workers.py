@@ -13,7 +13,6 @@ import asyncio
 import os
 import secrets
 import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -33,6 +32,7 @@ from dentalpin.platform._nudge import CeleryNudge
 from dentalpin.platform._runtime import Platform
 from dentalpin.tenants import TenantRecord, create_tenant
 from tests.conftest import unique_slug
+from tests.platform.processes import Process
 
 LEASE_S = 2.0
 SWEEP_S = 0.3
@@ -57,44 +57,6 @@ def _env(platform: Platform, prefix: str) -> dict[str, str]:
         "DENTALPIN_WORKER_CLIENT_CHECK_MS": "500",
         "DENTALPIN_PERIODIC_TICK_S": "0.5",
     }
-
-
-class Process:
-    """A celery subprocess with its output in a file."""
-
-    def __init__(self, name: str, command: list[str], env: dict[str, str], workdir: Path):
-        self.name, self.command, self.env, self.workdir = name, command, env, workdir
-        self.log = workdir / f"{name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def spawn(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                self.command, env=self.env, cwd=self.workdir, stdout=out, stderr=subprocess.STDOUT
-            )
-
-    def start(self, ready: str) -> None:
-        offset = len(self.output())  # a restart appends: wait for its own "ready"
-        self.spawn()
-        assert self.proc is not None
-        deadline = time.monotonic() + 60
-        while ready not in self.output()[offset:]:
-            assert self.proc.poll() is None, f"{self.name} exited:\n{self.output()}"
-            assert time.monotonic() < deadline, f"{self.name} not ready:\n{self.output()}"
-            time.sleep(0.1)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
 
 
 class Rig:

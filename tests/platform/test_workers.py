@@ -55,18 +55,18 @@ from dentalpin.tenants import (
 )
 from dentalpin.tenants._archive import archive_key, read_archive
 from tests.conftest import unique_slug
+from tests.platform.processes import Process
 from tests.tenants.factory import build_module, platform_with
 
 HEARTBEAT_S = 0.2
 STALE_S = 2.0
 
 
-class Worker:
+class Worker(Process):
     """A `celery worker` subprocess for one platform, with its log in a file."""
 
     def __init__(self, platform: Platform, prefix: str, workdir: Path, concurrency: int = 2):
-        self.log = workdir / "worker.log"
-        self.env = {
+        env = {
             **os.environ,
             "DATABASE_URL": platform.settings.database_url or "",
             "REDIS_URL": platform.settings.redis_url or "",
@@ -79,7 +79,7 @@ class Worker:
             "DENTALPIN_JOB_HEARTBEAT_STALE_S": str(STALE_S),
             "DENTALPIN_LIFECYCLE_LOCK_WAIT_S": "5",
         }
-        self.command = [
+        command = [
             sys.executable,
             "-m",
             "celery",
@@ -99,32 +99,7 @@ class Worker:
             f"test-{prefix.strip(':')}@%h",
             "--loglevel=INFO",
         ]
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                self.command, env=self.env, cwd=self.workdir, stdout=out, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + 60
-        while "ready." not in self.output():
-            assert self.proc.poll() is None, f"worker exited:\n{self.output()}"
-            assert time.monotonic() < deadline, f"worker not ready:\n{self.output()}"
-            time.sleep(0.1)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        super().__init__("worker", command, env, workdir)
 
 
 class Rig:
@@ -228,7 +203,7 @@ async def rig(
         }
     )
     worker = Worker(platform, prefix, tmp)
-    worker.start()
+    worker.start("ready.")
     try:
         yield Rig(platform, worker, tmp)
     finally:
