@@ -207,6 +207,9 @@ def beat() -> None:
         lead(get_settings())
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+    except RuntimeError as exc:  # no DATABASE_URL: the lock, like the platform, needs one
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
     finally:
         waiting.removeHandler(said)
     schedule = get_settings().data_dir / "celerybeat-schedule"

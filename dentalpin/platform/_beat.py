@@ -91,7 +91,7 @@ class BeatLeadership:
             try:
                 if self._conn is None or self._conn.is_closed():
                     self._conn = await asyncpg.connect(
-                        self._dsn, server_settings={"application_name": self.name}
+                        self._dsn, timeout=10, server_settings={"application_name": self.name}
                     )
                 if await self._conn.fetchval("select pg_try_advisory_lock($1, $2)", *LOCK_KEYS):
                     log.info("beat: leading (%s holds the beat lock)", self.name)
