@@ -203,8 +203,9 @@ def beat() -> None:
     waiting = logging.getLogger("dentalpin.platform._beat")
     waiting.addHandler(said)
     waiting.setLevel(logging.INFO)
+    settings = get_settings()
     try:
-        lead(get_settings())
+        lead(settings)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     except RuntimeError as exc:  # no DATABASE_URL: the lock, like the platform, needs one
@@ -212,7 +213,7 @@ def beat() -> None:
         raise typer.Exit(2) from None
     finally:
         waiting.removeHandler(said)
-    schedule = get_settings().data_dir / "celerybeat-schedule"
+    schedule = settings.data_dir / "celerybeat-schedule"
     schedule.parent.mkdir(parents=True, exist_ok=True)
     celery.start(["beat", "--loglevel=INFO", "-s", str(schedule)])
 

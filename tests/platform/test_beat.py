@@ -14,9 +14,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import asyncpg
 import pytest
 import redis
+from sqlalchemy import text
 
 from dentalpin.platform._beat import BeatLeadership
 from dentalpin.platform._relay import pipeline_stats
@@ -73,16 +73,14 @@ async def test_a_leader_whose_lock_connection_is_cut_stops(platform: Platform):
     leader = _leadership(platform, lost.set)
     leader.acquire()
     try:
-        dsn = platform.settings.sqlalchemy_url().set(drivername="postgresql")
-        conn = await asyncpg.connect(dsn.render_as_string(hide_password=False))
-        try:
-            cut = await conn.fetchval(
-                "select count(pg_terminate_backend(pid)) from pg_stat_activity "
-                "where application_name = $1",
-                leader.name,
+        async with platform.db.engine.connect() as conn:
+            cut = await conn.scalar(
+                text(
+                    "select count(pg_terminate_backend(pid)) from pg_stat_activity "
+                    "where application_name = :name"
+                ),
+                {"name": leader.name},
             )
-        finally:
-            await conn.close()
         assert cut == 1
         await _wait(lost.is_set, "the leader to give up")
     finally:
