@@ -760,18 +760,36 @@ async def prune(
 
 
 def _prune_sql(schema: str) -> str:
+    """One batch of `prune`. The outbox is walked in `seq` order only up to its first event
+    young enough to keep (`young`): events are numbered as they are written, so what lies
+    beyond it is young too, and the last batch of a run no longer reads every newer event
+    (a month of them, hourly, in every clinic). An event whose transaction began before
+    the cutoff but wrote after a younger one is left for a later run. The batch is
+    removed by key (`= any(array)`) and an old event's deliveries are looked up per event
+    (a subquery, not an anti-join): the planner cannot size the batch, and a join would
+    read the whole outbox, inbox or deliveries."""
     s = _schema(schema)
     return f"""
-        with old as (
+        with cutoff as materialized (select now() - make_interval(secs => :age) as at),
+        young as materialized (
+          select o.seq from {s}.{OUTBOX} o
+           where o.occurred_at >= (select at from cutoff)
+           order by o.seq limit 1),
+        old as (
           select o.id from {s}.{OUTBOX} o
-           where o.fanned_out_at is not null
-             and o.occurred_at < now() - make_interval(secs => :age)
-             and not exists (select 1 from {s}.{DELIVERIES} d
-                              where d.event_id = o.id and d.state not in ('done', 'skipped'))
+           where o.seq < coalesce((select seq from young), 9223372036854775807)
+             and o.fanned_out_at is not null
+             and o.occurred_at < (select at from cutoff)
+             and (select 1 from {s}.{DELIVERIES} d
+                   where d.event_id = o.id and d.state not in ('done', 'skipped')
+                   limit 1) is null
            order by o.seq limit :limit
            for update skip locked),
-        inbox as (delete from {s}.{INBOX} i using old where i.event_id = old.id returning 1),
-        gone as (delete from {s}.{OUTBOX} o using old where o.id = old.id returning 1)
+        batch as materialized (select array(select id from old) as ids),
+        inbox as (delete from {s}.{INBOX} i
+                   where i.event_id = any(cast((select ids from batch) as uuid[])) returning 1),
+        gone as (delete from {s}.{OUTBOX} o
+                  where o.id = any(cast((select ids from batch) as uuid[])) returning 1)
         select (select count(*) from gone) as events, (select count(*) from inbox) as inbox
         """
 
