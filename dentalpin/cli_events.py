@@ -107,6 +107,12 @@ def events_stats(as_json: JsonOpt = False) -> None:
             table.add_row(f"deliveries {state}", str(n))
         table.add_row("outbox lag (s)", str(stats["outbox_lag_s"]))
         table.add_row("tenants with work", str(stats["tenants_with_work"]))
+        if stats["tenants_counted"] < stats["tenants_with_work"]:
+            table.add_row(
+                "",
+                f"[yellow]deliveries and lag counted in the {stats['tenants_counted']} "
+                "most overdue[/yellow]",
+            )
         for state, n in sorted(stats["jobs"].items()):
             table.add_row(f"jobs {state}", str(n))
         leader = stats["beat"]["leader"]

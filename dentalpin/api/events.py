@@ -63,9 +63,15 @@ class BeatState(BaseModel):
 
 
 class Stats(BaseModel):
-    deliveries: dict[str, int]
-    outbox_lag_s: float
-    tenants_with_work: int
+    deliveries: dict[str, int] = Field(
+        description="pending and running: counted in `tenants_counted` tenants; dead: all"
+    )
+    outbox_lag_s: float = Field(description="Age of the oldest undelivered event counted")
+    tenants_with_work: int = Field(description="Tenants in the sweep's index")
+    tenants_counted: int = Field(
+        description="Tenants whose deliveries and lag were counted, the most overdue first "
+        "(at most 500); fewer than `tenants_with_work` on a large backlog"
+    )
     jobs: dict[str, int]
     beat: BeatState
 
@@ -133,7 +139,8 @@ async def metrics(request: Request, platform: PlatformDep) -> Response:
     registry = CollectorRegistry()
     deliveries = Gauge(
         "dentalpin_event_deliveries",
-        "Event deliveries by state (pending and running: tenants with work; dead: all)",
+        "Event deliveries by state (pending and running: in the tenants counted, the 500 "
+        "most overdue; dead: all)",
         ["state"],
         registry=registry,
     )
@@ -149,6 +156,11 @@ async def metrics(request: Request, platform: PlatformDep) -> Response:
         "Tenants in the sweep's index",
         registry=registry,
     ).set(data["tenants_with_work"])
+    Gauge(
+        "dentalpin_event_tenants_counted",
+        "Tenants whose pending and running deliveries the deliveries gauge counts",
+        registry=registry,
+    ).set(data["tenants_counted"])
     Gauge(
         "dentalpin_beat_leaders",
         "Beats leading: 1, or 0 when none runs (alert: nothing schedules the sweep, the job "

@@ -800,8 +800,13 @@ def _prune_sql(schema: str) -> str:
 async def pipeline_stats(platform: Platform, *, max_tenants: int = 500) -> dict[str, Any]:
     """Deliveries by state and the outbox lag, over the tenants the index names (those are
     the only ones with work), plus the dead letters, the jobs by state, and which beat
-    leads (`_beat`; none means nothing schedules the sweep, the reaper or periodic jobs)."""
+    leads (`_beat`; none means nothing schedules the sweep, the reaper or periodic jobs).
+
+    Deliveries and lag are counted in at most `max_tenants` tenants, the most overdue
+    first (one statement reads each tenant's tables); `tenants_counted` says how many,
+    `tenants_with_work` how many the index holds in all."""
     async with platform.db.autocommit() as conn:
+        with_work = await conn.scalar(select(func.count()).select_from(event_tenants))
         pending_tenants = list(
             await conn.execute(
                 select(tenants.c.schema_name)
@@ -840,7 +845,8 @@ async def pipeline_stats(platform: Platform, *, max_tenants: int = 500) -> dict[
     return {
         "deliveries": {**states, "dead": int(dead or 0)},
         "outbox_lag_s": round(lag_s, 3),
-        "tenants_with_work": len(pending_tenants),
+        "tenants_with_work": int(with_work or 0),
+        "tenants_counted": len(pending_tenants),
         "jobs": jobs,
         "beat": {"leader": beat.leader, "standbys": max(0, beat.connected - 1)},
     }

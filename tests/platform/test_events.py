@@ -623,6 +623,22 @@ async def test_pruning_reads_no_further_than_the_first_young_event(events):
     assert left[0].n == young
 
 
+async def test_stats_count_every_tenant_with_work_and_say_how_many_they_read(events):
+    """Deliveries are counted in the most overdue tenants only (one statement reads each
+    tenant's tables); the number of tenants with work must not stop at that sample."""
+    before = (await pipeline_stats(events, max_tenants=1))["tenants_with_work"]
+    a, b = await ledger_tenant(events), await ledger_tenant(events)
+    with nudge_lost(events):
+        await add(events, a, "waits in a")
+        await add(events, b, "waits in b")
+
+    sampled = await pipeline_stats(events, max_tenants=1)
+    assert sampled["tenants_with_work"] == before + 2
+    assert sampled["tenants_counted"] == 1
+    whole = await pipeline_stats(events)
+    assert whole["tenants_counted"] == whole["tenants_with_work"] == before + 2
+
+
 async def test_a_tenant_without_subscribers_fans_its_events_out_to_nobody(events):
     tenant = await ledger_tenant(events, watch=False)
     with nudge_lost(events):

@@ -123,6 +123,12 @@ async def test_prometheus_metrics_expose_the_pipeline(quick):
     )
     assert dead >= 1
     assert "dentalpin_event_outbox_lag_seconds" in body
+    gauges = {
+        line.split()[0]: float(line.split()[1])
+        for line in body.splitlines()
+        if line.startswith("dentalpin_event_tenants_")
+    }
+    assert gauges["dentalpin_event_tenants_counted"] == gauges["dentalpin_event_tenants_with_work"]
     assert 'dentalpin_jobs{state="succeeded"}' in body
     assert "\ndentalpin_beat_leaders 0.0\n" in body  # no beat runs on this database: alert
 
@@ -162,7 +168,14 @@ async def test_cli_lists_and_replays_dead_letters(quick, tmp_path: Path):
     assert delivered["delivered"] == 1
     assert json.loads(cli("events", "failed", "--tenant", tenant.slug, "--json").stdout) == []
     stats = json.loads(cli("events", "stats", "--json").stdout)
-    assert set(stats) == {"deliveries", "outbox_lag_s", "tenants_with_work", "jobs", "beat"}
+    assert set(stats) == {
+        "deliveries",
+        "outbox_lag_s",
+        "tenants_with_work",
+        "tenants_counted",
+        "jobs",
+        "beat",
+    }
     assert stats["beat"] == {"leader": None, "standbys": 0}  # no beat runs on this database
     table = cli("events", "stats").stdout.splitlines()
     assert any("beat leader" in line and "none: nothing schedules" in line for line in table)
