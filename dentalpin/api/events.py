@@ -14,7 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dentalpin.platform._errors import InvalidInput, NotFound, Unauthenticated
 from dentalpin.platform._http import Actor, bearer_token, get_platform, platform_access, public
-from dentalpin.platform._relay import dead_letters, pipeline_stats, retry_dead
+from dentalpin.platform._relay import (
+    STATS_MAX_TENANTS,
+    dead_letters,
+    pipeline_stats,
+    retry_dead,
+)
 from dentalpin.platform._runtime import Platform
 
 from ._platform import visible_tenant
@@ -70,7 +75,7 @@ class Stats(BaseModel):
     tenants_with_work: int = Field(description="Tenants in the sweep's index")
     tenants_counted: int = Field(
         description="Tenants whose deliveries and lag were counted, the most overdue first "
-        "(at most 500); fewer than `tenants_with_work` on a large backlog"
+        f"(at most {STATS_MAX_TENANTS}); fewer than `tenants_with_work` on a large backlog"
     )
     jobs: dict[str, int]
     beat: BeatState
@@ -139,8 +144,8 @@ async def metrics(request: Request, platform: PlatformDep) -> Response:
     registry = CollectorRegistry()
     deliveries = Gauge(
         "dentalpin_event_deliveries",
-        "Event deliveries by state (pending and running: in the tenants counted, the 500 "
-        "most overdue; dead: all)",
+        "Event deliveries by state (pending and running: in the tenants counted, the "
+        f"{STATS_MAX_TENANTS} most overdue; dead: all)",
         ["state"],
         registry=registry,
     )

@@ -53,6 +53,8 @@ from ._runtime import Platform
 from ._tables import event_dead_letters, event_tenants, tenants
 
 ERROR_LIMIT = 4000
+STATS_MAX_TENANTS = 500
+"""`pipeline_stats` counts deliveries in at most this many tenants, the most overdue."""
 
 
 @dataclass
@@ -797,7 +799,9 @@ def _prune_sql(schema: str) -> str:
 # Observability -----------------------------------------------------------------------
 
 
-async def pipeline_stats(platform: Platform, *, max_tenants: int = 500) -> dict[str, Any]:
+async def pipeline_stats(
+    platform: Platform, *, max_tenants: int = STATS_MAX_TENANTS
+) -> dict[str, Any]:
     """Deliveries by state and the outbox lag, over the tenants the index names (those are
     the only ones with work), plus the dead letters, the jobs by state, and which beat
     leads (`_beat`; none means nothing schedules the sweep, the reaper or periodic jobs).
