@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
+import httpx2
 from authlib.common.security import is_secure_transport
 from authlib.integrations.httpx_client import AsyncOAuth2Client
 from authlib.oauth2.rfc6749.errors import OAuth2Error
@@ -264,11 +264,11 @@ async def remove_provider(
 
 async def _fetch_json(platform: Platform, url: str) -> dict[str, Any]:
     try:
-        async with httpx.AsyncClient(
+        async with httpx2.AsyncClient(
             timeout=platform.settings.sso_http_timeout_s, follow_redirects=False
         ) as http:
             response = await http.get(url, headers={"accept": "application/json"})
-    except httpx.HTTPError as exc:
+    except httpx2.HTTPError as exc:
         raise Unavailable(f"the identity provider cannot be reached at {url}; retry later") from exc
     if response.status_code != 200 or len(response.content) > MAX_DOCUMENT_BYTES:
         raise Unavailable(f"the identity provider answered {response.status_code} at {url}")
@@ -440,7 +440,7 @@ async def _exchange(
             )
     except OAuth2Error as exc:
         raise SsoFailed(f"the identity provider refused the sign-in ({exc.error})") from exc
-    except httpx.HTTPError as exc:
+    except httpx2.HTTPError as exc:
         raise Unavailable("the identity provider cannot be reached; retry later") from exc
     except ValueError as exc:  # not a JSON token response
         raise SsoFailed("the identity provider's token response is not valid") from exc

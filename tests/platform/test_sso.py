@@ -462,3 +462,25 @@ async def test_a_disabled_account_is_not_signed_in_by_its_provider(platform, idp
     refused = await sign_in(platform, idp, clinic_a, Login(sub))
     assert_problem(refused, 401, "sso-failed")
     assert "disabled" in refused.json()["detail"]
+
+
+async def test_a_provider_that_stops_answering_mid_sign_in_is_a_503_not_a_crash(platform):
+    """The token endpoint cannot be reached after the browser came back with its code
+    (the discovery document is cached): the sign-in answers 503, so the user retries."""
+    gone = Running()
+    try:
+        clinic = await configure(platform, gone.provider, "sso-gone")
+        user = await member(platform, clinic)
+        sub = subject()
+        await link(platform, gone.provider, clinic, user, Login(sub))
+        async with browser(platform, clinic.host) as http:
+            start = await http.get(f"/api/v1/auth/sso/{clinic.provider_id}/start")
+            gone.provider.next_login = Login(sub)
+            async with httpx.AsyncClient() as outside:
+                back = (await outside.get(start.headers["location"])).headers["location"]
+            gone.stop()
+            answer = await http.get(back)
+    finally:
+        gone.stop()
+    assert_problem(answer, 503, "unavailable")
+    assert "cannot be reached" in answer.json()["detail"]
