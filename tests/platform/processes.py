@@ -1,4 +1,5 @@
-"""Real subprocesses for the tests (celery workers, beats), each with its output in a file."""
+"""Real subprocesses for the tests (celery workers, beats), each with its output in a file,
+and the way to cut their database connections from under them."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
 
 
 class Process:
@@ -44,3 +48,17 @@ class Process:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
+
+
+async def terminate_backends(platform: Any, application_name: str) -> int:
+    """Cut this database's connections opened under `application_name`, as a restarted
+    server or a network cut would; how many were cut."""
+    async with platform.db.engine.connect() as conn:
+        cut = await conn.scalar(
+            text(
+                "select count(pg_terminate_backend(pid)) from pg_stat_activity "
+                "where datname = current_database() and application_name = :name"
+            ),
+            {"name": application_name},
+        )
+    return int(cut or 0)

@@ -16,12 +16,11 @@ from pathlib import Path
 
 import pytest
 import redis
-from sqlalchemy import text
 
 from dentalpin.platform._beat import BeatLeadership
 from dentalpin.platform._relay import pipeline_stats
 from dentalpin.platform._runtime import Platform
-from tests.platform.processes import Process
+from tests.platform.processes import Process, terminate_backends
 
 SWEEP_S = 0.2
 
@@ -73,15 +72,7 @@ async def test_a_leader_whose_lock_connection_is_cut_stops(platform: Platform):
     leader = _leadership(platform, lost.set)
     leader.acquire()
     try:
-        async with platform.db.engine.connect() as conn:
-            cut = await conn.scalar(
-                text(
-                    "select count(pg_terminate_backend(pid)) from pg_stat_activity "
-                    "where application_name = :name"
-                ),
-                {"name": leader.name},
-            )
-        assert cut == 1
+        assert await terminate_backends(platform, leader.name) == 1
         await _wait(lost.is_set, "the leader to give up")
     finally:
         leader.release()

@@ -32,7 +32,7 @@ from dentalpin.platform._nudge import CeleryNudge
 from dentalpin.platform._runtime import Platform
 from dentalpin.tenants import TenantRecord, create_tenant
 from tests.conftest import unique_slug
-from tests.platform.processes import Process
+from tests.platform.processes import Process, terminate_backends
 
 LEASE_S = 2.0
 SWEEP_S = 0.3
@@ -239,14 +239,7 @@ async def test_a_worker_whose_database_connections_drop_reconnects(rig: Rig):
     async with rig.platform.db.tenant(tenant.scope) as s:
         await add_entry(s, "before")
     await rig.until(lambda: _count(rig.effects(tenant), 1), "the first event")
-    async with rig.platform.db.engine.connect() as conn:
-        killed = await conn.scalar(
-            text(
-                "select count(pg_terminate_backend(pid)) from pg_stat_activity "
-                "where datname = current_database() and application_name = 'dentalpin-worker'"
-            )
-        )
-    assert killed >= 1
+    assert await terminate_backends(rig.platform, "dentalpin-worker") >= 1
     async with rig.platform.db.tenant(tenant.scope) as s:
         await add_entry(s, "after")
     await rig.until(lambda: _count(rig.effects(tenant), 2), "the event after the drop", 90)

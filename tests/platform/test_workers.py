@@ -55,7 +55,7 @@ from dentalpin.tenants import (
 )
 from dentalpin.tenants._archive import archive_key, read_archive
 from tests.conftest import unique_slug
-from tests.platform.processes import Process
+from tests.platform.processes import Process, terminate_backends
 from tests.tenants.factory import build_module, platform_with
 
 HEARTBEAT_S = 0.2
@@ -342,15 +342,7 @@ async def test_database_connections_dropped_under_a_worker(rig: Rig):
     gate, entered = await rig.hold(tenant)
     job = await submit(p, "lifecycle.uninstall", tenant.id, {"module": "fx_stall", "cascade": True})
     await rig.until(entered.exists, "the uninstall to reach fx_stall's hook")
-    async with p.db.engine.connect() as conn:
-        killed = (
-            await conn.execute(
-                text(
-                    "select count(pg_terminate_backend(pid)) from pg_stat_activity"
-                    " where datname = current_database() and application_name = 'dentalpin-worker'"
-                )
-            )
-        ).scalar_one()
+    killed = await terminate_backends(p, "dentalpin-worker")
     assert killed >= 2  # the operation's connection and the job recorder's at least
     gate.touch()
     done = await rig.wait(job.id)
