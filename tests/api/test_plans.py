@@ -144,19 +144,14 @@ async def test_plan_names_are_validated(platform, fresh_platform, tmp_path: Path
 
 async def test_the_migration_keeps_plans_resellers_already_had(fresh_platform):
     """Before 0005 a plan was free text: such plans become plans without limits."""
-    from alembic import command
     from sqlalchemy import text
 
     from dentalpin.tenants import migrate_platform
-    from dentalpin.tenants._fleet import alembic_config, platform_head
-
-    def downgrade(conn):
-        config = alembic_config()
-        config.attributes["connection"] = conn
-        command.downgrade(config, "0004_events")
+    from dentalpin.tenants._fleet import platform_head
+    from tests.platform.revisions import downgrade_platform
 
     async with fresh_platform.db.engine.connect() as conn:
-        await conn.run_sync(downgrade)
+        await downgrade_platform(conn, "0004_events")
         await conn.execute(
             text(
                 "insert into platform.resellers (id, name, plan) "

@@ -248,12 +248,11 @@ async def test_the_cli_adds_verifies_lists_and_removes(dns_platform, dns_zone, t
 async def test_revision_0007_downgrades_keeping_one_claim_per_name_and_upgrades_again(
     fresh_platform,
 ):
-    from alembic import command
-    from alembic.script import ScriptDirectory
     from sqlalchemy import text
 
     from dentalpin.tenants import migrate_platform
-    from dentalpin.tenants._fleet import alembic_config, platform_head
+    from dentalpin.tenants._fleet import platform_head
+    from tests.platform.revisions import downgrade_platform
 
     platform = fresh_platform
     a = await create_tenant(platform, unique_slug("dg-a"))
@@ -269,14 +268,8 @@ async def test_revision_0007_downgrades_keeping_one_claim_per_name_and_upgrades_
                 {"h": hostname, "t": tenant.id, "v": verified},
             )
 
-    def downgrade(conn):
-        config = alembic_config()
-        config.attributes["connection"] = conn
-        before = ScriptDirectory.from_config(config).get_revision("0007_sso_domains")
-        command.downgrade(config, before.down_revision)
-
     async with platform.db.engine.connect() as conn:
-        await conn.run_sync(downgrade)
+        await downgrade_platform(conn, "0006_invitations")  # to just before 0007
         await conn.commit()
         kept = (
             await conn.execute(

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from alembic import command
 from sqlalchemy import text
 
 from dentalpin.tenants import migrate_platform
-from dentalpin.tenants._fleet import alembic_config, platform_head
+from dentalpin.tenants._fleet import platform_head
+from tests.platform.revisions import downgrade_platform
 
 IDENTITY_TABLES = {
     "users",
@@ -36,13 +36,8 @@ async def platform_tables(platform) -> set[str]:
 async def test_identity_revision_downgrades_and_upgrades_again(fresh_platform):
     assert await platform_tables(fresh_platform) >= IDENTITY_TABLES
 
-    def downgrade(conn):
-        config = alembic_config()
-        config.attributes["connection"] = conn
-        command.downgrade(config, "0001_platform")
-
     async with fresh_platform.db.engine.connect() as conn:
-        await conn.run_sync(downgrade)
+        await downgrade_platform(conn, "0001_platform")
         await conn.commit()
         function = await conn.scalar(
             text("select count(*) from pg_proc where proname = 'audit_log_append_only'")
