@@ -1,5 +1,5 @@
 """The platform's own HTTP API (composition layer): sign-in and sessions, the caller's
-profile, a clinic's members, roles, audit log and approval requests, and the platform API
+profile, a clinic's members, roles, audit log, approval requests and modules, and the platform API
 of operators, resellers and integration clients (tenants, modules, jobs, resellers,
 users, clients). Module routes live in the modules."""
 
@@ -13,6 +13,7 @@ from .admin import router as admin_router
 from .approvals import router as approvals_router
 from .auth import router as auth_router
 from .auth import wellknown_router
+from .clinic_modules import router as clinic_modules_router
 from .domains import router as domains_router
 from .events import metrics_router
 from .events import router as events_router
@@ -30,6 +31,7 @@ def include_routers(app: FastAPI) -> None:
     app.include_router(events_router)
     app.include_router(metrics_router)
     app.include_router(approvals_router)
+    app.include_router(clinic_modules_router)
     for router in (tenants_router, jobs_router, resellers_router, users_router):
         app.include_router(router)
     app.include_router(sso_router)

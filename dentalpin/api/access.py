@@ -11,9 +11,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, BackgroundTasks, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from dentalpin.api._platform import clinic_id
 from dentalpin.api.auth import signed_user
 from dentalpin.platform import Principal, require_permission
-from dentalpin.platform._errors import Forbidden, NotFound
+from dentalpin.platform._errors import Forbidden
 from dentalpin.platform._http import authenticated, get_platform, get_principal, public
 from dentalpin.platform._invitations import (
     accept_invitation,
@@ -83,19 +84,13 @@ class TokenIn(Strict):
     token: str = Field(min_length=1, max_length=200)
 
 
-def _tenant(principal: Principal) -> uuid.UUID:
-    tenant = principal.tenant_uuid
-    if tenant is None:  # unreachable with a permission, which only a membership gives
-        raise NotFound("sign in to a clinic first")
-    return tenant
-
-
-def not_through_support(principal: Principal) -> None:
-    """Support access ends with its grant: it may not open other ways in that outlive it."""
+def not_through_support(
+    principal: Principal, doing: str = "invite, add members or grant access"
+) -> None:
+    """Support access ends with its grant: it may not open other ways in that outlive it,
+    nor do what the clinic's admin decides (what the clinic runs)."""
     if principal.support_grant_id is not None:
-        raise Forbidden(
-            "support access cannot invite, add members or grant access; ask the clinic's admin"
-        )
+        raise Forbidden(f"support access cannot {doing}; ask the clinic's admin")
 
 
 # Invitations (clinic host) --------------------------------------------------------------
@@ -112,7 +107,7 @@ async def create_invitation(
         created, mail = await invite(
             conn,
             platform,
-            _tenant(principal),
+            clinic_id(principal),
             body.email,
             body.roles,
             body.location_ids,
@@ -127,7 +122,7 @@ async def create_invitation(
 async def invitations(principal: Signed, platform: PlatformDep) -> list[dict[str, Any]]:
     """This clinic's invitations, newest first (pending, accepted, revoked, expired)."""
     async with platform.db.engine.connect() as conn:
-        return await list_invitations(conn, _tenant(principal))
+        return await list_invitations(conn, clinic_id(principal))
 
 
 @router.delete(
@@ -140,7 +135,9 @@ async def delete_invitation(
 ) -> Response:
     """Withdraw a pending invitation: its link stops working."""
     async with platform.db.engine.begin() as conn:
-        await revoke_invitation(conn, _tenant(principal), invitation_id, ctx=audit_context(request))
+        await revoke_invitation(
+            conn, clinic_id(principal), invitation_id, ctx=audit_context(request)
+        )
     return Response(status_code=204)
 
 
@@ -159,7 +156,7 @@ async def create_support_grant(
         grant, mail = await grant_support(
             conn,
             platform,
-            _tenant(principal),
+            clinic_id(principal),
             body.email,
             body.expires_at,
             body.roles,
@@ -175,7 +172,7 @@ async def create_support_grant(
 async def support_grants(principal: Signed, platform: PlatformDep) -> list[dict[str, Any]]:
     """This clinic's support grants, newest first (active, expired, revoked)."""
     async with platform.db.engine.connect() as conn:
-        return await list_grants(conn, _tenant(principal))
+        return await list_grants(conn, clinic_id(principal))
 
 
 @router.delete(f"{API}/support-grants/{{grant_id}}", dependencies=[require_permission(SUPPORT)])
@@ -184,7 +181,7 @@ async def delete_support_grant(
 ) -> dict[str, Any]:
     """End a support grant now (and the grantee's sessions in this clinic)."""
     async with platform.db.engine.begin() as conn:
-        return await revoke_grant(conn, _tenant(principal), grant_id, ctx=audit_context(request))
+        return await revoke_grant(conn, clinic_id(principal), grant_id, ctx=audit_context(request))
 
 
 # Public links ---------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from dentalpin.api._platform import clinic_id
 from dentalpin.api.access import not_through_support
 from dentalpin.platform import Principal, require_permission
 from dentalpin.platform._audit import list_entries
@@ -69,17 +70,10 @@ class RoleChange(Strict):
     permissions: list[str] = Field(default_factory=list, max_length=500)
 
 
-def _tenant(principal: Principal) -> uuid.UUID:
-    tenant = principal.tenant_uuid
-    if tenant is None:  # unreachable with a permission, which only a membership gives
-        raise NotFound("sign in to a clinic first")
-    return tenant
-
-
 @router.get(f"{API}/members", dependencies=[require_permission(MEMBERS)])
 async def members(principal: Signed, platform: PlatformDep) -> list[dict[str, Any]]:
     async with platform.db.engine.connect() as conn:
-        return await list_members(conn, _tenant(principal))
+        return await list_members(conn, clinic_id(principal))
 
 
 @router.post(f"{API}/members", dependencies=[require_permission(MEMBERS)], status_code=201)
@@ -88,7 +82,7 @@ async def add_member(
 ) -> dict[str, Any]:
     """Give an existing user a membership (or more roles) in this clinic."""
     not_through_support(principal)
-    tenant = _tenant(principal)
+    tenant = clinic_id(principal)
     async with platform.db.engine.begin() as conn:
         user = await get_user(conn, body.email)
         held = await set_membership(
@@ -114,7 +108,7 @@ async def change_member(
     platform: PlatformDep,
 ) -> dict[str, Any]:
     not_through_support(principal)
-    tenant = _tenant(principal)
+    tenant = clinic_id(principal)
     async with platform.db.engine.begin() as conn:
         user = await user_by_id(conn, user_id)
         if await member_roles(conn, tenant, user.id) is None:
@@ -141,7 +135,7 @@ async def delete_member(
     async with platform.db.engine.begin() as conn:
         await remove_membership(
             conn,
-            _tenant(principal),
+            clinic_id(principal),
             user_id,
             ctx=audit_context(request),
             grantor=principal.permissions,
@@ -152,7 +146,7 @@ async def delete_member(
 @router.get(f"{API}/roles", dependencies=[require_permission(ROLES)])
 async def roles(principal: Signed, platform: PlatformDep) -> dict[str, Any]:
     """The clinic's roles, and the permissions a custom role may hold here."""
-    tenant = _tenant(principal)
+    tenant = clinic_id(principal)
     async with platform.db.engine.begin() as conn:
         found = await list_roles(conn, platform.registry, tenant)
         assignable = assignable_permissions(
@@ -169,7 +163,7 @@ async def create_role(
         return await save_custom_role(
             conn,
             platform.registry,
-            _tenant(principal),
+            clinic_id(principal),
             body.name,
             body.permissions,
             body.description,
@@ -186,7 +180,7 @@ async def change_role(
         return await save_custom_role(
             conn,
             platform.registry,
-            _tenant(principal),
+            clinic_id(principal),
             name,
             body.permissions,
             body.description,
@@ -203,7 +197,7 @@ async def delete_role(
     async with platform.db.engine.begin() as conn:
         await delete_custom_role(
             conn,
-            _tenant(principal),
+            clinic_id(principal),
             name,
             ctx=audit_context(request),
             grantor=principal.permissions,
@@ -222,5 +216,5 @@ async def audit(
     """This clinic's security events, newest first (`before`: an entry id, to page)."""
     async with platform.db.engine.connect() as conn:
         return await list_entries(
-            conn, _tenant(principal), limit=limit, before=before, action=action
+            conn, clinic_id(principal), limit=limit, before=before, action=action
         )

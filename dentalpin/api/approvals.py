@@ -10,24 +10,16 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from dentalpin.platform import Principal, require_permission
-from dentalpin.platform._errors import NotFound
 from dentalpin.platform._http import get_principal
 from dentalpin.platform._request_id import audit_context
 from dentalpin.tenants._approvals import decide, get_approval, list_approvals
 
-from ._platform import API, STANDARD, PlatformDep, job_out
+from ._platform import API, CLINIC_JOBS, STANDARD, PlatformDep, clinic_id, job_out
 from .schemas import ApprovalOut, DecisionIn, JobOut, problems
 
 APPROVALS = "platform.approval.manage"
 router = APIRouter(prefix=f"{API}/approvals", tags=["clinic administration"])
 Signed = Annotated[Principal, Depends(get_principal)]
-
-
-def _tenant(principal: Principal) -> uuid.UUID:
-    tenant = principal.tenant_uuid
-    if tenant is None:  # unreachable with a permission, which only a membership gives
-        raise NotFound("sign in to a clinic first")
-    return tenant
 
 
 @router.get(
@@ -43,7 +35,7 @@ async def list_(
 ) -> list[ApprovalOut]:
     """This clinic's approval requests, newest first."""
     async with platform.db.engine.begin() as conn:
-        found = await list_approvals(conn, _tenant(principal), state)
+        found = await list_approvals(conn, clinic_id(principal), state)
     return [ApprovalOut.model_validate(a) for a in found]
 
 
@@ -55,7 +47,9 @@ async def list_(
 )
 async def show(approval_id: uuid.UUID, principal: Signed, platform: PlatformDep) -> ApprovalOut:
     async with platform.db.engine.begin() as conn:
-        return ApprovalOut.model_validate(await get_approval(conn, _tenant(principal), approval_id))
+        return ApprovalOut.model_validate(
+            await get_approval(conn, clinic_id(principal), approval_id)
+        )
 
 
 @router.post(
@@ -73,17 +67,17 @@ async def approve(
     response: Response,
     body: DecisionIn | None = None,
 ) -> JobOut:
-    """Approve: the operation's job is submitted (202, Location: the job)."""
+    """Approve: the operation's job is submitted (202, Location: the job on this host)."""
     _, job = await decide(
         platform,
-        _tenant(principal),
+        clinic_id(principal),
         approval_id,
         True,
         audit_context(request),
         body.note if body else "",
     )
     assert job is not None
-    return job_out(job, response)
+    return job_out(job, response, CLINIC_JOBS)
 
 
 @router.post(
@@ -102,7 +96,7 @@ async def reject(
     """Reject: nothing runs; the reseller sees the decision and the note."""
     decided, _ = await decide(
         platform,
-        _tenant(principal),
+        clinic_id(principal),
         approval_id,
         False,
         audit_context(request),

@@ -13,7 +13,7 @@ from dentalpin.platform._http import get_platform, get_principal
 from dentalpin.platform._request_id import audit_context
 from dentalpin.platform._runtime import Platform
 
-from .admin import _tenant as clinic_of
+from ._platform import clinic_id
 
 API = "/api/v1"
 DOMAINS = "platform.domain.manage"
@@ -33,7 +33,7 @@ class DomainIn(BaseModel):
 @router.get(f"{API}/domains", dependencies=[require_permission(DOMAINS)])
 async def domains(principal: Signed, platform: PlatformDep) -> list[dict[str, Any]]:
     async with platform.db.engine.connect() as conn:
-        return await list_domains(conn, clinic_of(principal))
+        return await list_domains(conn, clinic_id(principal))
 
 
 @router.post(f"{API}/domains", dependencies=[require_permission(DOMAINS)], status_code=201)
@@ -44,7 +44,7 @@ async def add(
     answer names, then POST /api/v1/domains/{hostname}/verify."""
     async with platform.db.engine.begin() as conn:
         return await add_domain(
-            conn, platform.settings, clinic_of(principal), body.hostname, audit_context(request)
+            conn, platform.settings, clinic_id(principal), body.hostname, audit_context(request)
         )
 
 
@@ -53,7 +53,7 @@ async def verify(
     hostname: Hostname, principal: Signed, request: Request, platform: PlatformDep
 ) -> dict[str, Any]:
     """Look the TXT record up now; 409 `domain-not-verified` says what is missing."""
-    return await verify_domain(platform, clinic_of(principal), hostname, audit_context(request))
+    return await verify_domain(platform, clinic_id(principal), hostname, audit_context(request))
 
 
 @router.delete(
@@ -63,5 +63,5 @@ async def remove(
     hostname: Hostname, principal: Signed, request: Request, platform: PlatformDep
 ) -> Response:
     async with platform.db.engine.begin() as conn:
-        await remove_domain(conn, clinic_of(principal), hostname, audit_context(request))
+        await remove_domain(conn, clinic_id(principal), hostname, audit_context(request))
     return Response(status_code=204)

@@ -31,7 +31,7 @@ from dentalpin.platform._request_id import audit_context
 from dentalpin.platform._runtime import Platform
 from dentalpin.platform._websession import set_session_cookies
 
-from .admin import _tenant as clinic_of
+from ._platform import clinic_id
 from .auth import NO_STORE, signed_user
 
 API = "/api/v1"
@@ -189,7 +189,7 @@ async def providers(
 ) -> list[dict[str, Any]]:
     """This clinic's providers (client secrets are never shown again)."""
     async with platform.db.engine.connect() as conn:
-        return [p.public() for p in await list_providers(conn, clinic_of(principal))]
+        return [p.public() for p in await list_providers(conn, clinic_id(principal))]
 
 
 @router.post(f"{API}/sso/providers", dependencies=[require_permission(SSO)], status_code=201)
@@ -203,7 +203,7 @@ async def create_provider(
     `https://<clinic host>/api/v1/auth/sso/callback` as its redirect URI."""
     provider = await add_provider(
         platform,
-        clinic_of(principal),
+        clinic_id(principal),
         name=body.name,
         issuer=body.issuer,
         client_id=body.client_id,
@@ -223,5 +223,5 @@ async def delete_provider(
     request: Request,
     platform: PlatformDep,
 ) -> Response:
-    await remove_provider(platform, clinic_of(principal), provider_id, audit_context(request))
+    await remove_provider(platform, clinic_id(principal), provider_id, audit_context(request))
     return Response(status_code=204)

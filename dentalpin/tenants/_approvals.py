@@ -25,6 +25,7 @@ from dentalpin.platform._runtime import Platform
 from dentalpin.platform._tables import approval_requests
 
 from ._catalogue import TenantRecord, tenant_by_id
+from ._lifecycle import not_installed
 from ._operations import submit_lifecycle
 
 APPROVAL_TTL = timedelta(days=14)
@@ -55,7 +56,7 @@ async def needs_approval(
     async with platform.db.engine.connect() as conn:
         installed = await installed_modules(conn, tenant.id)
     if name not in installed:  # nothing to approve: say so now, as the job would
-        raise Conflict(f"module '{name}' is not installed for tenant '{tenant.slug}'")
+        raise not_installed(name, tenant.slug)
     gone = [name, *(registry.dependents(name, installed) if params.get("cascade") else [])]
     return any(registry.get(m).manifest.category == Category.CLINICAL for m in gone)
 

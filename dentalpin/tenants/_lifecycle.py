@@ -351,6 +351,10 @@ class UninstallPlan:
         return {"modules": self.modules, "tables": self.tables, "vetoes": self.vetoes}
 
 
+def not_installed(module: str, tenant_slug: str) -> Conflict:
+    return Conflict(f"module '{module}' is not installed for tenant '{tenant_slug}'")
+
+
 async def plan_uninstall(op: Operation, name: str, cascade: bool) -> UninstallPlan:
     """What an uninstall would do: which modules go, in which order, with how many rows."""
     registry = op.platform.registry
@@ -358,7 +362,7 @@ async def plan_uninstall(op: Operation, name: str, cascade: bool) -> UninstallPl
     states = await op.states()
     installed = [n for n, s in states.items() if s["state"] == "installed"]
     if name not in installed:
-        raise Conflict(f"module '{name}' is not installed for tenant '{op.tenant.slug}'")
+        raise not_installed(name, op.tenant.slug)
     dependents = registry.dependents(name, installed)
     if dependents and not cascade:
         raise Conflict(

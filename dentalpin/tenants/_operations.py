@@ -58,6 +58,7 @@ from ._lifecycle import (
     heal_interrupted,
     install,
     load_module_data,
+    not_installed,
     plan_uninstall,
     restore,
     seed_installed,
@@ -262,6 +263,10 @@ LIFECYCLE_KINDS = (
 )
 
 
+PLAN_BOUND = ("lifecycle.install", "lifecycle.restore")
+"""The lifecycle operations that add modules, so a reseller's plan must allow them."""
+
+
 async def submit_lifecycle(
     platform: Platform,
     tenant: TenantRecord,
@@ -281,11 +286,14 @@ async def submit_lifecycle(
     named = [*(params.get("modules") or []), *([params["module"]] if params.get("module") else [])]
     for name in named:
         platform.registry.get(name)
-    if plan is not None and kind in ("lifecycle.install", "lifecycle.restore"):
+    if kind == "lifecycle.uninstall" or (plan is not None and kind in PLAN_BOUND):
         async with platform.db.engine.connect() as conn:
             present = set(await installed_modules(conn, tenant.id))
-        added = [m for m in platform.registry.closure(named) if m not in present]
-        check_modules(plan, platform.registry, added)
+        if kind == "lifecycle.uninstall" and params["module"] not in present:
+            raise not_installed(params["module"], tenant.slug)
+        if plan is not None and kind in PLAN_BOUND:
+            added = [m for m in platform.registry.closure(named) if m not in present]
+            check_modules(plan, platform.registry, added)
     if params.get("archive_id"):
         try:
             uuid.UUID(str(params["archive_id"]))

@@ -83,9 +83,12 @@ async def test_uninstalling_a_clinical_module_waits_for_the_clinic_admin(platfor
         )
         assert approved.status_code == 202, approved.text
         job = approved.json()
-        assert approved.headers["location"] == f"/api/v1/jobs/{job['id']}"
+        # The job is followed where the admin is: on the clinic's host.
+        assert approved.headers["location"] == f"/api/v1/modules/jobs/{job['id']}"
         assert job["kind"] == "lifecycle.uninstall"
         assert (await wait(platform, job["id"])).state == "succeeded"
+        followed = await clinic.get(approved.headers["location"], headers=admin)
+        assert followed.status_code == 200 and followed.json()["state"] == "succeeded"
         twice = await clinic.post(f"/api/v1/approvals/{approval['id']}/approve", headers=admin)
         assert twice.status_code == 409
 
