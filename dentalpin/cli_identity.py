@@ -7,7 +7,7 @@ limited by tenant permissions, and each change is written to the audit log as `c
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -20,6 +20,8 @@ from dentalpin.platform._clients import (
     create_client,
     create_reseller,
     list_resellers,
+    reseller_by_name,
+    set_reseller_plan,
 )
 from dentalpin.platform._identity import (
     create_user,
@@ -421,6 +423,164 @@ def plans_list(as_json: JsonOpt = False) -> None:
                 d["description"],
             )
         out.print(table)
+
+    run(go)
+
+
+MaxClinics = Annotated[
+    int | None, typer.Option("--max-clinics", min=0, help="Clinics a reseller may have.")
+]
+ModulesOpt = Annotated[
+    str | None, typer.Option("--modules", help="Comma-separated modules the plan allows.")
+]
+CountriesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--countries", help="Comma-separated countries whose packs it allows ('' for none)."
+    ),
+]
+
+
+def _listed(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _one_of(given: dict[str, bool]) -> None:
+    named = [option for option, used in given.items() if used]
+    if len(named) > 1:
+        raise typer.BadParameter(f"{' and '.join(named)} contradict each other")
+
+
+def _print_plan(plan: dict[str, Any], impact: dict[str, Any] | None = None) -> None:
+    from dentalpin.cli import err, out
+
+    limit = plan["max_tenants"]
+    modules = plan["modules"]
+    countries = plan["countries"]
+    out.print(
+        f"plan '{escape(plan['name'])}': "
+        f"{'unlimited' if limit is None else limit} clinic(s); "
+        f"modules: {'all' if modules is None else escape(', '.join(modules)) or 'none'}; "
+        f"country packs: {'all' if countries is None else ', '.join(countries) or 'none'}"
+    )
+    impact = impact or {"resellers_over_limit": [], "clinics_outside_plan": {}}
+    for over in impact["resellers_over_limit"]:
+        err.print(
+            f"[yellow]note:[/yellow] reseller '{escape(over['reseller'])}' has "
+            f"{over['clinics']} clinics, over the limit: it keeps them and cannot add more"
+        )
+    for slug, extra in impact["clinics_outside_plan"].items():
+        err.print(
+            f"[yellow]note:[/yellow] clinic '{escape(slug)}' has {escape(', '.join(extra))} "
+            "outside the plan: it keeps them and cannot install more such modules"
+        )
+
+
+@plans_app.command("create")
+def plans_create(
+    name: str,
+    description: Annotated[str, typer.Option(help="What the plan is for.")] = "",
+    max_clinics: MaxClinics = None,
+    modules: ModulesOpt = None,
+    countries: CountriesOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a plan. Whatever it does not limit is unlimited: every module, every
+    country pack, any number of clinics."""
+    from dentalpin.cli import emit_json, run
+    from dentalpin.platform._plans import create_plan
+
+    values: dict[str, Any] = {"description": description, "max_tenants": max_clinics}
+    if modules is not None:
+        values["modules"] = _listed(modules)
+    if countries is not None:
+        values["countries"] = _listed(countries)
+
+    async def go(platform: Platform) -> None:
+        async with platform.db.engine.begin() as conn:
+            plan = await create_plan(conn, platform.registry, name, values, ctx=CLI)
+        if as_json:
+            emit_json(plan.as_dict())
+        else:
+            _print_plan(plan.as_dict())
+
+    run(go)
+
+
+@plans_app.command("set")
+def plans_set(
+    name: str,
+    description: Annotated[str | None, typer.Option(help="What the plan is for.")] = None,
+    max_clinics: MaxClinics = None,
+    unlimited: Annotated[bool, typer.Option("--unlimited", help="No clinic limit.")] = False,
+    modules: ModulesOpt = None,
+    all_modules: Annotated[
+        bool, typer.Option("--all-modules", help="Every module the platform runs.")
+    ] = False,
+    countries: CountriesOpt = None,
+    all_countries: Annotated[
+        bool, typer.Option("--all-countries", help="Every country pack.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Change a plan's terms (only those named). Resellers on it keep what they have;
+    what they add next must fit. Notes name who is already over the new terms."""
+    from dentalpin.cli import emit_json, run
+    from dentalpin.platform._plans import change_plan, plan_impact
+
+    _one_of({"--max-clinics": max_clinics is not None, "--unlimited": unlimited})
+    _one_of({"--modules": modules is not None, "--all-modules": all_modules})
+    _one_of({"--countries": countries is not None, "--all-countries": all_countries})
+    values: dict[str, Any] = {}
+    if description is not None:
+        values["description"] = description
+    if max_clinics is not None or unlimited:
+        values["max_tenants"] = max_clinics
+    if modules is not None or all_modules:
+        values["modules"] = None if all_modules else _listed(modules or "")
+    if countries is not None or all_countries:
+        values["countries"] = None if all_countries else _listed(countries or "")
+
+    async def go(platform: Platform) -> None:
+        async with platform.db.engine.begin() as conn:
+            plan = await change_plan(conn, platform.registry, name, values, ctx=CLI)
+            impact = await plan_impact(conn, platform.registry, plan)
+        if as_json:
+            emit_json({**plan.as_dict(), "impact": impact})
+        else:
+            _print_plan(plan.as_dict(), impact)
+
+    run(go)
+
+
+@plans_app.command("delete")
+def plans_delete(name: str) -> None:
+    """Delete a plan no reseller is on."""
+    from dentalpin.cli import out, run
+    from dentalpin.platform._plans import delete_plan
+
+    async def go(platform: Platform) -> None:
+        async with platform.db.engine.begin() as conn:
+            await delete_plan(conn, name, ctx=CLI)
+        out.print(f"deleted plan '{escape(name.strip())}'")
+
+    run(go)
+
+
+@resellers_app.command("set-plan")
+def resellers_set_plan(name: str, plan: str, as_json: JsonOpt = False) -> None:
+    """Move a reseller to another plan. Its clinics keep what they have; what it (and its
+    clinics' admins) add next must fit the new plan."""
+    from dentalpin.cli import emit_json, out, run
+
+    async def go(platform: Platform) -> None:
+        async with platform.db.engine.begin() as conn:
+            reseller = await reseller_by_name(conn, name)
+            moved = await set_reseller_plan(conn, reseller, plan, ctx=CLI)
+        if as_json:
+            emit_json(moved)
+        else:
+            out.print(f"reseller '{escape(moved['name'])}' is on plan '{escape(moved['plan'])}'")
 
     run(go)
 

@@ -1,7 +1,8 @@
 """Platform API: resellers, their plans and usage, and their integration clients.
 
-Operators create resellers and see them all; a reseller's admins and clients see their
-own (another reseller is a 404). Integration clients never manage clients.
+Operators create resellers, move them between plans, edit the plans, and see them all;
+a reseller's admins and clients see their own (another reseller is a 404). Integration
+clients never manage clients.
 """
 
 from __future__ import annotations
@@ -17,11 +18,21 @@ from dentalpin.platform._clients import (
     create_reseller,
     list_clients,
     list_resellers,
+    reseller_by_id,
     revoke_client,
+    set_reseller_plan,
 )
 from dentalpin.platform._errors import Forbidden, InvalidInput, NotFound
 from dentalpin.platform._http import Actor, platform_access
-from dentalpin.platform._plans import COUNTED_STATES, get_plan, list_plans
+from dentalpin.platform._plans import (
+    COUNTED_STATES,
+    change_plan,
+    create_plan,
+    delete_plan,
+    get_plan,
+    list_plans,
+    plan_impact,
+)
 from dentalpin.platform._request_id import audit_context
 from dentalpin.platform._tables import memberships, tenant_modules, tenants
 
@@ -30,9 +41,13 @@ from .schemas import (
     ClientIn,
     ClientOut,
     NewClientOut,
+    PlanChange,
+    PlanChangedOut,
+    PlanIn,
     PlanOut,
     ResellerIn,
     ResellerOut,
+    ResellerPlanIn,
     UsageOut,
     problems,
 )
@@ -134,11 +149,69 @@ async def usage(reseller_id: uuid.UUID, actor: UsageRead, platform: PlatformDep)
     )
 
 
+@router.patch("/resellers/{reseller_id}", response_model=ResellerOut, responses=problems(*STANDARD))
+async def change(
+    reseller_id: uuid.UUID,
+    body: ResellerPlanIn,
+    actor: Operator,
+    platform: PlatformDep,
+    request: Request,
+) -> ResellerOut:
+    """Move a reseller to another plan (operators only). Its clinics keep what they
+    have; what it and its clinics' admins add next must fit the new plan."""
+    async with platform.db.engine.begin() as conn:
+        await set_reseller_plan(
+            conn, await reseller_by_id(conn, reseller_id), body.plan, ctx=audit_context(request)
+        )
+    return ResellerOut.model_validate(await _reseller(platform, actor, reseller_id))
+
+
+# Plans -----------------------------------------------------------------------------------
+
+
 @router.get("/plans", response_model=list[PlanOut], responses=problems(401, 403, 404))
 async def plans(actor: UsageRead, platform: PlatformDep) -> list[PlanOut]:
     """The plans resellers can be on."""
     async with platform.db.engine.connect() as conn:
         return [PlanOut.model_validate(p.as_dict()) for p in await list_plans(conn)]
+
+
+@router.post("/plans", status_code=201, response_model=PlanOut, responses=problems(*STANDARD, 409))
+async def create_plan_(
+    body: PlanIn, actor: Operator, platform: PlatformDep, request: Request
+) -> PlanOut:
+    """Create a plan (operators only); what it does not limit is unlimited."""
+    values = body.model_dump(exclude={"name"})
+    async with platform.db.engine.begin() as conn:
+        plan = await create_plan(
+            conn, platform.registry, body.name, values, ctx=audit_context(request)
+        )
+    return PlanOut.model_validate(plan.as_dict())
+
+
+@router.patch("/plans/{name}", response_model=PlanChangedOut, responses=problems(*STANDARD))
+async def change_plan_(
+    name: str, body: PlanChange, actor: Operator, platform: PlatformDep, request: Request
+) -> PlanChangedOut:
+    """Change the terms sent (operators only). Resellers on the plan keep what they have;
+    `impact` names who is already beyond the new terms."""
+    values = body.model_dump(include=body.model_fields_set)
+    async with platform.db.engine.begin() as conn:
+        plan = await change_plan(conn, platform.registry, name, values, ctx=audit_context(request))
+        impact = await plan_impact(conn, platform.registry, plan)
+    return PlanChangedOut.model_validate({**plan.as_dict(), "impact": impact})
+
+
+@router.delete(
+    "/plans/{name}", status_code=204, response_class=Response, responses=problems(*STANDARD, 409)
+)
+async def delete_plan_(
+    name: str, actor: Operator, platform: PlatformDep, request: Request
+) -> Response:
+    """Delete a plan no reseller is on (operators only; 409 otherwise)."""
+    async with platform.db.engine.begin() as conn:
+        await delete_plan(conn, name, ctx=audit_context(request))
+    return Response(status_code=204)
 
 
 # Integration clients ---------------------------------------------------------------

@@ -212,6 +212,50 @@ class PlanOut(BaseModel):
     countries: list[str] | None = Field(description="None: every country pack; []: none")
 
 
+class PlanIn(Strict):
+    name: str = Field(min_length=2, max_length=40)
+    description: str = Field(default="", max_length=200)
+    max_tenants: int | None = Field(default=None, ge=0, description="None: no limit")
+    modules: list[str] | None = Field(default=None, max_length=200, description="None: all")
+    countries: list[str] | None = Field(
+        default=None, max_length=250, description="None: every country pack; []: none"
+    )
+
+
+class PlanChange(Strict):
+    """Only the terms sent change; `null` lifts a limit."""
+
+    description: str | None = Field(default=None, max_length=200)
+    max_tenants: int | None = Field(default=None, ge=0, description="null: no limit")
+    modules: list[str] | None = Field(default=None, max_length=200, description="null: all")
+    countries: list[str] | None = Field(
+        default=None, max_length=250, description="null: every country pack; []: none"
+    )
+
+
+class ResellerOverLimit(BaseModel):
+    reseller: str
+    clinics: int
+
+
+class PlanImpact(BaseModel):
+    """What resellers on the plan already have beyond its terms: they keep it, and may
+    only not add more."""
+
+    resellers_over_limit: list[ResellerOverLimit]
+    clinics_outside_plan: dict[str, list[str]] = Field(
+        description="Clinic slug: its installed modules the plan does not allow"
+    )
+
+
+class PlanChangedOut(PlanOut):
+    impact: PlanImpact
+
+
+class ResellerPlanIn(Strict):
+    plan: str = Field(min_length=1, max_length=40)
+
+
 class ResellerOut(BaseModel):
     id: uuid.UUID
     name: str

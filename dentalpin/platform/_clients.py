@@ -97,6 +97,22 @@ async def create_reseller(
     return {"id": str(reseller_id), "name": name, "plan": plan}
 
 
+async def set_reseller_plan(
+    conn: AsyncConnection, reseller: Any, plan: str, *, ctx: AuditContext
+) -> dict[str, Any]:
+    """Move a reseller (a row of `resellers`) to another plan: it binds what the
+    reseller's actors and clinic admins do next; nothing they have is taken away."""
+    try:
+        plan = (await get_plan(conn, plan)).name
+    except NotFound as exc:
+        raise InvalidInput(exc.detail) from None
+    await conn.execute(update(resellers).where(resellers.c.id == reseller.id).values(plan=plan))
+    await record(
+        conn, ctx, "reseller.plan_changed", target=reseller.name, before=reseller.plan, after=plan
+    )
+    return {"id": str(reseller.id), "name": reseller.name, "plan": plan}
+
+
 async def reseller_by_name(conn: AsyncConnection, name: str) -> Any:
     row = (await conn.execute(select(resellers).where(resellers.c.name == name.strip()))).first()
     if row is None:

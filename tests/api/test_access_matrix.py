@@ -41,6 +41,10 @@ WRITE_TESTS = {
     ),
     "POST /api/v1/users": "test_people_api.py::test_users",
     "POST /api/v1/resellers": "test_people_api.py::test_resellers_plans_and_usage",
+    "PATCH /api/v1/resellers/{reseller_id}": "test_plans.py::test_operators_edit_plans_over_the_api",
+    "POST /api/v1/plans": "test_plans.py::test_operators_edit_plans_over_the_api",
+    "PATCH /api/v1/plans/{name}": "test_plans.py::test_operators_edit_plans_over_the_api",
+    "DELETE /api/v1/plans/{name}": "test_plans.py::test_operators_edit_plans_over_the_api",
     "POST /api/v1/clients": "test_people_api.py::test_integration_clients",
     "POST /api/v1/clients/{client_id}/revoke": "test_people_api.py::test_integration_clients",
     "POST /api/v1/events/failed/{letter_id}/retry": (
@@ -100,6 +104,7 @@ def url(case: Case, fill: Fill) -> str:
         "user_id": fill.user_id,
         "client_id": fill.client_id,
         "letter_id": "1",
+        "name": "pro",
     }
     return re.sub(r"\{([^}]+)\}", lambda m: values[m.group(1)], case.path)
 
@@ -118,6 +123,8 @@ def body(case: Case, fill: Fill) -> Any:
         "/api/v1/tenants": {"slug": "never-made-here"},
         "/api/v1/users": {"email": "never-made@example.es"},
         "/api/v1/resellers": {"name": "Never Made"},
+        "/api/v1/resellers/{reseller_id}": {"plan": "starter"},
+        "/api/v1/plans": {"name": "Never Made"},
         "/api/v1/clients": {"name": "Never Made", "scopes": ["tenants:read"]},
         "/api/v1/events/retry": {"ids": [1]},
     }.get(case.path, {})

@@ -167,3 +167,153 @@ async def test_the_migration_keeps_plans_resellers_already_had(fresh_platform):
         seeded = set((await conn.execute(text("select name from platform.plans"))).scalars())
     assert row.max_tenants is None and row.modules is None and row.countries is None
     assert seeded == {"starter", "standard", "pro", "Legacy Gold"}
+
+
+async def audited(platform, target: str) -> list[tuple[str, dict]]:
+    from sqlalchemy import text
+
+    async with platform.db.engine.connect() as conn:
+        rows = await conn.execute(
+            text("select action, details from platform.audit_log where target = :t order by id"),
+            {"t": target},
+        )
+        return [(r.action, r.details) for r in rows]
+
+
+async def test_operators_edit_plans_over_the_api(platform):
+    from tests.api.test_approvals import clinic_admin
+    from tests.platform.identity import host_of
+
+    operator = bearer(await session(platform, await make_user(platform, operator=True), None))
+    name = f"Clinic Plus {unique_slug('p')}"
+    async with client(platform) as http:
+        made = await http.post(
+            "/api/v1/plans",
+            json={"name": name, "description": "Up to two clinics", "max_tenants": 2},
+            headers=operator,
+        )
+        assert made.status_code == 201, made.text
+        assert made.json() == {
+            "name": name,
+            "description": "Up to two clinics",
+            "max_tenants": 2,
+            "modules": None,
+            "countries": None,
+        }
+        for payload, status, words in (
+            ({"name": name}, 409, "already exists"),
+            ({"name": "x" * 41}, 422, ""),
+            ({"name": "bad/name"}, 422, "a plan name is"),
+            ({"name": "Typo", "modules": ["recal"]}, 422, "Did you mean 'recall'?"),
+            ({"name": "Country", "countries": ["Spain"]}, 422, "two-letter country code"),
+            ({"name": "Negative", "max_tenants": -1}, 422, ""),
+        ):
+            refused = await http.post("/api/v1/plans", json=payload, headers=operator)
+            assert refused.status_code == status, (payload, refused.text)
+            assert words in refused.json()["detail"].__str__()
+
+        reseller = await make_reseller(platform)  # on "pro", with one clinic
+        installing = await http.post(
+            f"/api/v1/tenants/{reseller.tenant.slug}/modules",
+            json={"modules": ["recall"]},
+            headers=operator,
+        )
+        assert (await wait(platform, installing.json()["id"])).state == "succeeded"
+        moved = await http.patch(
+            f"/api/v1/resellers/{reseller.id}", json={"plan": name}, headers=operator
+        )
+        assert moved.status_code == 200, moved.text
+        assert moved.json()["plan"] == name
+        unknown = await http.patch(
+            f"/api/v1/resellers/{reseller.id}", json={"plan": "gold"}, headers=operator
+        )
+        assert unknown.status_code == 422 and "no plan named 'gold'" in unknown.json()["detail"]
+
+        # Tighten it below what the reseller has: it keeps its clinic and its modules.
+        changed = await http.patch(
+            f"/api/v1/plans/{name}",
+            json={"max_tenants": 0, "modules": ["fx_visits"]},
+            headers=operator,
+        )
+        assert changed.status_code == 200, changed.text
+        assert changed.json()["description"] == "Up to two clinics"  # not sent: unchanged
+        assert changed.json()["modules"] == ["fx_visits"]
+        impact = changed.json()["impact"]
+        assert impact["resellers_over_limit"] == [{"reseller": reseller.name, "clinics": 1}]
+        assert impact["clinics_outside_plan"] == {reseller.tenant.slug: ["recall"]}
+        beyond = await http.post(
+            "/api/v1/tenants", json={"slug": unique_slug("pl")}, headers=reseller.admin_headers
+        )
+        assert beyond.status_code == 409 and "allows 0 clinic(s)" in beyond.json()["detail"]
+        admin = await clinic_admin(platform, reseller.tenant)
+        async with client(platform, host_of(reseller.tenant)) as clinic:
+            allowed = await clinic.post(
+                "/api/v1/modules", json={"modules": ["fx_visits", "recall"]}, headers=admin
+            )
+            assert allowed.status_code == 202, allowed.text  # recall is there already
+            assert (await wait(platform, allowed.json()["id"])).state == "succeeded"
+            refused = await clinic.post(
+                "/api/v1/modules", json={"modules": ["odontogram"]}, headers=admin
+            )
+            assert refused.status_code == 403 and "not part of plan" in refused.json()["detail"]
+
+        lifted = await http.patch(
+            f"/api/v1/plans/{name}", json={"max_tenants": None}, headers=operator
+        )
+        assert lifted.json()["max_tenants"] is None and lifted.json()["modules"] == ["fx_visits"]
+        assert lifted.json()["impact"]["resellers_over_limit"] == []
+        nothing = await http.patch(f"/api/v1/plans/{name}", json={}, headers=operator)
+        assert nothing.status_code == 422 and "say what to change" in nothing.json()["detail"]
+        missing = await http.patch(
+            "/api/v1/plans/nowhere", json={"max_tenants": 1}, headers=operator
+        )
+        assert missing.status_code == 404
+
+        in_use = await http.delete(f"/api/v1/plans/{name}", headers=operator)
+        assert in_use.status_code == 409 and "1 reseller(s) are on plan" in in_use.json()["detail"]
+        await http.patch(f"/api/v1/resellers/{reseller.id}", json={"plan": "pro"}, headers=operator)
+        gone = await http.delete(f"/api/v1/plans/{name}", headers=operator)
+        assert gone.status_code == 204, gone.text
+        listed = (await http.get("/api/v1/plans", headers=operator)).json()
+        assert name not in {p["name"] for p in listed}
+        for headers in (reseller.admin_headers, reseller.client_headers):  # operators only
+            refused = await http.post("/api/v1/plans", json={"name": "Mine"}, headers=headers)
+            assert refused.status_code == 403
+
+    actions = [a for a, _ in await audited(platform, name)]
+    assert actions == ["plan.created", "plan.changed", "plan.changed", "plan.deleted"]
+    changes = [d for a, d in await audited(platform, reseller.name) if a == "reseller.plan_changed"]
+    assert [(c["before"], c["after"]) for c in changes] == [("pro", name), (name, "pro")]
+
+
+async def test_cli_edits_plans(platform, tmp_path: Path):
+    cli = Cli(platform, tmp_path)
+    name = f"cli-{unique_slug('plan')}"
+    made = cli("plans", "create", name, "--max-clinics", "3", "--countries", "", "--json").json()
+    assert (made["max_tenants"], made["modules"], made["countries"]) == (3, None, [])
+    shown = cli("plans", "set", name, "--modules", "recall, fx_visits", "--all-countries")
+    assert "modules: fx_visits, recall" in shown.output and "country packs: all" in shown.output
+    changed = cli("plans", "set", name, "--unlimited", "--json").json()
+    assert changed["max_tenants"] is None and changed["modules"] == ["fx_visits", "recall"]
+    contradiction = cli("plans", "set", name, "--max-clinics", "2", "--unlimited", code=2)
+    assert "contradict" in contradiction.output
+    typo = cli("plans", "set", name, "--modules", "recal", code=1)
+    assert "Did you mean 'recall'?" in typo.output
+    reseller = await make_reseller(platform)
+    await make_tenant_with_recall(platform, reseller)
+    cli("resellers", "set-plan", reseller.name, name)
+    tightened = cli("plans", "set", name, "--max-clinics", "1", "--modules", "fx_visits")
+    assert f"reseller '{reseller.name}' has 2 clinics" in tightened.output
+    assert "recall outside the plan" in tightened.output
+    in_use = cli("plans", "delete", name, code=1)
+    assert "1 reseller(s) are on plan" in in_use.output
+    cli("resellers", "set-plan", reseller.name, "pro")
+    cli("plans", "delete", name)
+    assert name not in {p["name"] for p in cli("plans", "list", "--json").json()}
+    assert "no plan named" in cli("plans", "delete", name, code=1).output
+
+
+async def make_tenant_with_recall(platform, reseller) -> None:
+    from dentalpin.tenants import create_tenant
+
+    await create_tenant(platform, unique_slug("rc"), modules=["recall"], reseller_id=reseller.id)
