@@ -30,6 +30,7 @@ from dentalpin.cli_access import register as register_access_commands
 from dentalpin.cli_domains import register as register_domain_commands
 from dentalpin.cli_events import register as register_event_commands
 from dentalpin.cli_identity import register as register_identity_commands
+from dentalpin.cli_mail import register as register_mail_commands
 from dentalpin.platform import PlatformError
 from dentalpin.platform._jobs import (
     InProcessExecutor,
@@ -79,6 +80,7 @@ register_identity_commands(app)
 register_event_commands(app)
 register_domain_commands(app)
 register_access_commands(app)
+register_mail_commands(app)
 
 out = Console()
 # Errors stay on one line when piped (no wrapping at 80 columns), so logs and greps keep them whole.

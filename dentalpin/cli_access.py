@@ -15,7 +15,7 @@ from dentalpin.cli_identity import JsonOpt, members_app
 from dentalpin.platform._audit import CLI
 from dentalpin.platform._identity import tenant_id_by_slug
 from dentalpin.platform._invitations import invite
-from dentalpin.platform._mail import Mail, MailNotSent, send
+from dentalpin.platform._mail_queue import deliver, enqueue
 from dentalpin.platform._roles import SUPPORT_ROLE
 from dentalpin.platform._runtime import Platform
 from dentalpin.platform._support import grant_support, list_grants, revoke_grant
@@ -30,18 +30,20 @@ def register(app: typer.Typer) -> None:
     app.add_typer(support_app, name="support")
 
 
-async def deliver(platform: Platform, mail: Mail, done: str, again: str) -> None:
-    """Send the message of a change already committed: say what was done, and where the
-    message went, or that it did not go (exit 1) and how to send it again."""
+async def deliver_queued(platform: Platform, queued: uuid.UUID, done: str) -> None:
+    """Deliver the message of a change already committed: say what was done, and where
+    the message went, or why it did not go yet (it stays queued and is retried)."""
     from dentalpin.cli import err, out
 
-    try:
-        where = await send(platform.settings, mail)
-    except MailNotSent as exc:
-        out.print(done)
-        err.print(f"[red]error:[/red] {escape(exc.detail)}; {again}")
-        raise typer.Exit(1) from None
-    out.print(f"{done}; e-mail: {escape(where)}")
+    sent = await deliver(platform, queued)
+    if sent.where is not None:
+        out.print(f"{done}; e-mail: {escape(sent.where)}")
+        return
+    out.print(done)
+    err.print(
+        f"[yellow]note:[/yellow] the e-mail did not go now ({escape(sent.error or '')}); it "
+        "is queued and retried while the mail server is down (`dentalpin mail list`)"
+    )
 
 
 @members_app.command("invite")
@@ -62,12 +64,12 @@ def members_invite(
             created, mail = await invite(
                 conn, platform, tenant_id, email, role, location or [], ctx=CLI
             )
-        await deliver(
+            queued = await enqueue(conn, platform.settings, mail)
+        await deliver_queued(
             platform,
-            mail,
+            queued,
             f"invited {escape(created['email'])} to '{escape(slug)}' as "
             f"{', '.join(created['roles'])} until {created['expires_at']}",
-            "invite again to send a new link",
         )
 
     run(go)
@@ -101,12 +103,12 @@ def support_grant(
                 reason,
                 ctx=CLI,
             )
-        await deliver(
+            queued = await enqueue(conn, platform.settings, mail)
+        await deliver_queued(
             platform,
-            mail,
+            queued,
             f"support access {grant['id']} for {escape(grant['grantee'])} in '{escape(slug)}' "
             f"as {', '.join(grant['roles'])} until {grant['expires_at']}",
-            "the access is granted all the same: tell the grantee yourself",
         )
 
     run(go)

@@ -91,7 +91,7 @@ def users_create(
     """Create a user (without --password-stdin it has no password and cannot sign in yet)
     and e-mail them a link that verifies their address."""
     from dentalpin.cli import emit_json, out, run
-    from dentalpin.platform._mail import send_quietly
+    from dentalpin.platform._mail_queue import deliver, enqueue
     from dentalpin.platform._recovery import verification_mail
 
     password = _read_password() if password_stdin else None
@@ -100,16 +100,18 @@ def users_create(
         async with platform.db.engine.begin() as conn:
             user = await create_user(conn, email, name, password, ctx=CLI)
             mail = await verification_mail(conn, platform.settings, user.id)
-        sent = await send_quietly(platform.settings, mail)
+            queued = await enqueue(conn, platform.settings, mail)
+        sent = await deliver(platform, queued)
         if as_json:
-            emit_json({**user.as_dict(), "verification_sent": sent is not None})
+            emit_json({**user.as_dict(), "verification_sent": sent.where is not None})
         else:
             note = "" if password else " (no password: it cannot sign in yet)"
             out.print(f"created user {escape(user.email)} ({user.id}){note}")
             out.print(
-                f"verification e-mail: {escape(sent)}"
-                if sent
-                else "[yellow]the verification e-mail could not be sent (see the log)[/yellow]"
+                f"verification e-mail: {escape(sent.where)}"
+                if sent.where
+                else "[yellow]the verification e-mail did not go now; it is queued and "
+                "retried (`dentalpin mail list`)[/yellow]"
             )
 
     run(go)

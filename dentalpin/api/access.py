@@ -22,7 +22,7 @@ from dentalpin.platform._invitations import (
     list_invitations,
     revoke_invitation,
 )
-from dentalpin.platform._mail import send_quietly
+from dentalpin.platform._mail_queue import deliver, enqueue
 from dentalpin.platform._recovery import (
     request_password_reset,
     reset_password,
@@ -114,7 +114,9 @@ async def create_invitation(
             ctx=audit_context(request),
             grantor=principal.permissions,
         )
-    created["mail_sent"] = await send_quietly(platform.settings, mail) is not None
+        queued = await enqueue(conn, platform.settings, mail)
+    # Not sent now: queued, and retried while the mail server is down (`dentalpin mail`).
+    created["mail_sent"] = (await deliver(platform, queued)).where is not None
     return created
 
 
@@ -164,7 +166,8 @@ async def create_support_grant(
             ctx=audit_context(request),
             grantor=principal.permissions,
         )
-    grant["mail_sent"] = await send_quietly(platform.settings, mail) is not None
+        queued = await enqueue(conn, platform.settings, mail)
+    grant["mail_sent"] = (await deliver(platform, queued)).where is not None
     return grant
 
 
@@ -218,10 +221,10 @@ async def password_reset_request(
 ) -> dict[str, str]:
     """Ask for a password-reset link. The answer is the same whether or not the address
     has an account; repeated requests are slowed down (429 with Retry-After)."""
-    mail = await request_password_reset(platform, body.email, audit_context(request))
-    if mail is not None:
+    queued = await request_password_reset(platform, body.email, audit_context(request))
+    if queued is not None:
         # After the answer: its timing must not tell whether the account exists.
-        background.add_task(send_quietly, platform.settings, mail)
+        background.add_task(deliver, platform, queued)
     return {"detail": "if an account uses this address, a link to reset its password is on its way"}
 
 
@@ -253,5 +256,6 @@ async def verify_email_send(
     assert principal.user_id is not None  # signed_user refuses integration clients
     async with platform.db.engine.begin() as conn:
         mail = await verification_mail(conn, platform.settings, principal.user_id)
-    await send_quietly(platform.settings, mail)
+        queued = await enqueue(conn, platform.settings, mail)
+    await deliver(platform, queued)
     return {"detail": f"a verification link is on its way to {mail.to}"}

@@ -1,5 +1,5 @@
 """The event pipeline over HTTP: dead letters and their replay (operators), and the
-Prometheus metrics of deliveries, outbox lag, dead letters and jobs."""
+Prometheus metrics of deliveries, outbox lag, dead letters, jobs and outgoing e-mail."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dentalpin.platform._errors import InvalidInput, NotFound, Unauthenticated
 from dentalpin.platform._http import Actor, bearer_token, get_platform, platform_access, public
+from dentalpin.platform._mail_queue import queue_counts
 from dentalpin.platform._relay import (
     STATS_MAX_TENANTS,
     dead_letters,
@@ -178,4 +179,14 @@ async def metrics(request: Request, platform: PlatformDep) -> Response:
     jobs = Gauge("dentalpin_jobs", "Lifecycle jobs by state", ["state"], registry=registry)
     for state in ("queued", "running", "succeeded", "failed", "cancelled"):
         jobs.labels(state).set(data["jobs"].get(state, 0))
+    mail = Gauge(
+        "dentalpin_mail_messages",
+        "Outgoing e-mail by state (alert on failed, and on pending that keeps growing: the "
+        "mail server is down)",
+        ["state"],
+        registry=registry,
+    )
+    async with platform.db.engine.connect() as conn:
+        for state, n in (await queue_counts(conn)).items():
+            mail.labels(state).set(n)
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -3,7 +3,8 @@
 - `lifecycle`: `dentalpin.lifecycle.run_job(job_id)` claims and runs a job (`_jobs.run_job`).
   The job row, not the broker, is the truth: a redelivered or duplicated task finds the
   job taken or done and does nothing.
-- `periodic`: beat's schedule, among it the job reaper (`dentalpin.jobs.reap`).
+- `periodic`: beat's schedule, among it the job reaper (`dentalpin.jobs.reap`) and the
+  mail queue's retries (`dentalpin.mail.retry`).
 - `events`: the default queue, for the events pipeline.
 
 Tasks are acknowledged late and workers prefetch one message at a time. Each worker
@@ -27,6 +28,7 @@ from celery.signals import (
 
 from . import _beat, _workers
 from ._jobs import reap_jobs, run_job
+from ._mail_queue import retry_due
 from ._nudge import DELIVER_TASK, EVENTS_QUEUE, SWEEP_TASK, chunked, pending_key
 from ._periodic import run_chunk, tick
 from ._relay import DeliveryReport, deliver_many, prune, sweep
@@ -38,6 +40,7 @@ QUEUES = ("events", "lifecycle", "periodic")
 HEARTBEAT_TASK = "dentalpin.platform.heartbeat"
 TICK_TASK = "dentalpin.periodic.tick"
 PRUNE_TASK = "dentalpin.events.prune"
+MAIL_RETRY_TASK = "dentalpin.mail.retry"
 RUN_PERIODIC_TASK = "dentalpin.periodic.run"
 
 
@@ -60,6 +63,7 @@ def make_celery(
             DELIVER_TASK: {"queue": EVENTS_QUEUE},
             SWEEP_TASK: {"queue": "periodic"},
             PRUNE_TASK: {"queue": "periodic"},
+            MAIL_RETRY_TASK: {"queue": "periodic"},
             TICK_TASK: {"queue": "periodic"},
             RUN_PERIODIC_TASK: {"queue": "periodic"},
         },
@@ -92,6 +96,11 @@ def make_celery(
                 "task": PRUNE_TASK,
                 "schedule": settings.events_prune_every_s,
                 "options": {"queue": "periodic", "expires": settings.events_prune_every_s},
+            },
+            "mail-retry": {
+                "task": MAIL_RETRY_TASK,
+                "schedule": settings.mail_retry_every_s,
+                "options": {"queue": "periodic", "expires": settings.mail_retry_every_s},
             },
             "events-sweep": {
                 "task": SWEEP_TASK,
@@ -182,6 +191,11 @@ def make_celery(
             return {}
         report = _workers.run_in_worker(lambda platform: prune(platform, older_than_s=days * 86400))
         return report.as_dict()
+
+    @app.task(name=MAIL_RETRY_TASK)  # type: ignore[untyped-decorator]
+    def retry_mail() -> dict[str, Any]:
+        """Send the queued messages that are due (the mail server was down)."""
+        return _workers.run_in_worker(retry_due).as_dict()
 
     @app.task(name=TICK_TASK)  # type: ignore[untyped-decorator]
     def periodic_tick() -> int:

@@ -150,6 +150,7 @@ async def invite(
         roles=sorted(wanted),
         expires=token.expires_at.strftime("%Y-%m-%d %H:%M UTC"),
         url=link(platform.settings, clinic.slug, PAGE, token),
+        link_expires_at=token.expires_at,
     )
     return _as_dict(row, datetime.now(UTC)), mail
 

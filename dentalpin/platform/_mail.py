@@ -15,6 +15,7 @@ import ssl
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parseaddr
 from pathlib import Path
@@ -38,6 +39,10 @@ class Mail:
     subject: str
     text: str
     html: str
+    kind: str = "mail"
+    """The template it was made from (`invitation`, `password_reset`...)."""
+    link_expires_at: datetime | None = None
+    """When the link in it stops working: there is no point in sending it after that."""
 
 
 @functools.cache
@@ -51,7 +56,14 @@ def _templates() -> Environment:
     )
 
 
-def compose(to: str, subject: str, template: str, **context: Any) -> Mail:
+def compose(
+    to: str,
+    subject: str,
+    template: str,
+    *,
+    link_expires_at: datetime | None = None,
+    **context: Any,
+) -> Mail:
     """A message from `templates/mail/<template>.txt` and `.html`."""
     env = _templates()
     context = {"subject": subject, "lang": "en", **context}
@@ -60,17 +72,23 @@ def compose(to: str, subject: str, template: str, **context: Any) -> Mail:
         subject=subject,
         text=env.get_template(f"{template}.txt").render(context),
         html=env.get_template(f"{template}.html").render(context),
+        kind=template,
+        link_expires_at=link_expires_at,
     )
 
 
-def build(settings: Settings, mail: Mail) -> EmailMessage:
+def build(settings: Settings, mail: Mail, message_key: str | None = None) -> EmailMessage:
+    """The message; `message_key` makes its Message-ID stable, so a message sent twice
+    (a retry after a lost answer) is recognisably the same one."""
     message = EmailMessage()
     message["From"] = settings.mail_from
     message["To"] = mail.to
     message["Subject"] = mail.subject
     message["Date"] = formatdate(localtime=False, usegmt=True)
     domain = parseaddr(settings.mail_from)[1].rpartition("@")[2] or "localhost"
-    message["Message-ID"] = make_msgid(domain=domain)
+    message["Message-ID"] = (
+        f"<{message_key}@{domain}>" if message_key else make_msgid(domain=domain)
+    )
     message.set_content(mail.text)
     message.add_alternative(mail.html, subtype="html")
     return message
@@ -118,10 +136,10 @@ def _deliver(settings: Settings, message: EmailMessage) -> str:
     return str(_write_eml(settings, message))
 
 
-async def send(settings: Settings, mail: Mail) -> str:
+async def send(settings: Settings, mail: Mail, message_key: str | None = None) -> str:
     """Deliver one message; where it went (the SMTP server, or the .eml file). Raises
     MailNotSent (503) when the server refuses it or cannot be reached."""
-    message = build(settings, mail)
+    message = build(settings, mail, message_key)
     try:
         return await asyncio.to_thread(_deliver, settings, message)
     except (OSError, smtplib.SMTPException) as exc:
@@ -130,11 +148,3 @@ async def send(settings: Settings, mail: Mail) -> str:
             f"the e-mail could not be sent ({type(exc).__name__}: {exc}); check the "
             "DENTALPIN_SMTP_* settings and that the mail server is reachable"
         ) from exc
-
-
-async def send_quietly(settings: Settings, mail: Mail) -> str | None:
-    """`send` for background deliveries nobody waits on: a failure is logged, not raised."""
-    try:
-        return await send(settings, mail)
-    except MailNotSent:
-        return None

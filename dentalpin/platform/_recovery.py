@@ -20,6 +20,7 @@ from ._errors import Conflict
 from ._identity import set_password
 from ._links import InvalidLink, issue, link, matches, read
 from ._mail import Mail, compose
+from ._mail_queue import enqueue
 from ._passwords import check_password_strength
 from ._runtime import Platform
 from ._settings import Settings
@@ -79,6 +80,7 @@ async def _new_link(
         email=user.email,
         expires=token.expires_at.strftime("%Y-%m-%d %H:%M UTC"),
         url=link(settings, None, PAGE[kind], token),
+        link_expires_at=token.expires_at,
     )
 
 
@@ -115,9 +117,11 @@ async def _mark_verified(conn: AsyncConnection, user_id: uuid.UUID) -> None:
     )
 
 
-async def request_password_reset(platform: Platform, email: str, ctx: AuditContext) -> Mail | None:
-    """The message to send, if the address has an account; the caller answers the same
-    either way and sends the message without making the answer wait for it."""
+async def request_password_reset(
+    platform: Platform, email: str, ctx: AuditContext
+) -> uuid.UUID | None:
+    """The queued message, if the address has an account; the caller answers the same
+    either way and delivers the message without making the answer wait for it."""
     normalized = email.strip().lower()[:320]
     keys = {
         f"reset:{account_key(normalized)}": RESET_PER_ACCOUNT,
@@ -127,7 +131,7 @@ async def request_password_reset(platform: Platform, email: str, ctx: AuditConte
         await throttle_check(conn, keys)
         await throttle_failed(conn, keys)  # every request counts, answered or not
         user = (await conn.execute(select(users).where(users.c.email == normalized))).first()
-        mail = None
+        queued = None
         if user is not None and not user.disabled:
             mail = await _new_link(
                 conn,
@@ -137,14 +141,15 @@ async def request_password_reset(platform: Platform, email: str, ctx: AuditConte
                 "password_reset",
                 "Reset your DentalPin password",
             )
+            queued = await enqueue(conn, platform.settings, mail)
         await record(
             conn,
             ctx.by(user.id if user else None, normalized),
             "password_reset.requested",
             target=normalized,
-            sent=mail is not None,
+            sent=queued is not None,
         )
-    return mail
+    return queued
 
 
 async def reset_password(platform: Platform, token: str, password: str, ctx: AuditContext) -> None:

@@ -157,6 +157,9 @@ class Settings(BaseSettings):
     """CA bundle that verifies the SMTP server's certificate (default: the system's)."""
     smtp_timeout_s: float = Field(default=30.0, gt=0)
     mail_from: str = "DentalPin <no-reply@localhost>"
+    mail_retry_every_s: float = Field(default=30.0, gt=0)
+    """How often beat retries queued messages the mail server did not take (with backoff
+    per message: 30 s, 1, 2, 4... minutes, up to 8 attempts)."""
     invitation_ttl_s: int = Field(default=7 * 24 * 3600, ge=300, le=60 * 24 * 3600)
     password_reset_ttl_s: int = Field(default=1800, ge=300, le=24 * 3600)
     email_verification_ttl_s: int = Field(default=3 * 24 * 3600, ge=300, le=30 * 24 * 3600)

@@ -166,6 +166,7 @@ async def grant_support(
         slug=clinic.slug,
         roles=sorted(wanted),
         expires=expires_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        link_expires_at=expires_at,
     )
     return _as_dict(row, datetime.now(UTC)), mail
 

@@ -13,6 +13,7 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Table,
     Text,
@@ -616,4 +617,31 @@ support_grants = Table(
     Column("revoked_at", DateTime(timezone=True)),
     Column("revoked_by", UUID(as_uuid=True)),
     CheckConstraint("expires_at > created_at", name="expiry_after_creation"),
+)
+
+mail_queue = Table(
+    "mail_queue",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("kind", Text, nullable=False),
+    Column("to_address", Text, nullable=False),
+    # Subject and bodies, Fernet-sealed (their links are credentials); erased once sent.
+    Column("sealed", LargeBinary),
+    Column("state", Text, nullable=False, server_default="pending"),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column(
+        "next_attempt_at", DateTime(timezone=True), nullable=False, server_default=text("now()")
+    ),
+    # When the link in it stops working: sending it later is pointless.
+    Column("give_up_at", DateTime(timezone=True)),
+    Column("last_error", Text),
+    _now(),
+    Column("sent_at", DateTime(timezone=True)),
+    CheckConstraint("state in ('pending', 'sent', 'failed')", name="state_valid"),
+    Index(
+        "ix_mail_queue_due",
+        "next_attempt_at",
+        postgresql_where=text("state = 'pending'"),
+    ),
+    Index("ix_mail_queue_created_at", "created_at"),
 )

@@ -131,6 +131,8 @@ async def test_prometheus_metrics_expose_the_pipeline(quick):
     assert gauges["dentalpin_event_tenants_counted"] == gauges["dentalpin_event_tenants_with_work"]
     assert 'dentalpin_jobs{state="succeeded"}' in body
     assert "\ndentalpin_beat_leaders 0.0\n" in body  # no beat runs on this database: alert
+    for state in ("pending", "sent", "failed"):
+        assert f'dentalpin_mail_messages{{state="{state}"}}' in body
 
     locked = with_settings(quick, metrics_token=SecretStr("scrape-secret"))
     try:

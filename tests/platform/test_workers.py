@@ -375,6 +375,37 @@ async def test_a_job_sent_twice_runs_once(rig: Rig):
     )
 
 
+async def test_beats_mail_retry_task_sends_the_queue_on_a_worker(rig: Rig):
+    """The task beat schedules (`dentalpin.mail.retry`), run by a real worker: a queued
+    message goes (no SMTP host here: into the worker's mail folder) and its body is erased."""
+    from dentalpin.platform._celery import MAIL_RETRY_TASK
+    from dentalpin.platform._mail import compose
+    from dentalpin.platform._mail_queue import enqueue
+
+    p = rig.platform
+    to = f"queued-{secrets.token_hex(3)}@example.es"
+    mail = compose(to, "Hello", "email_verification", name=to, email=to, expires="-", url="-")
+    async with p.db.engine.begin() as conn:
+        queued = await enqueue(conn, p.settings, mail)
+    celery_app(p.settings).send_task(MAIL_RETRY_TASK, queue="periodic")
+
+    async def sent() -> bool:
+        async with p.db.engine.connect() as conn:
+            state = await conn.scalar(
+                text("select state from platform.mail_queue where id = :id"), {"id": queued}
+            )
+        return state == "sent"
+
+    await rig.until(sent, "the worker to send the queued message")
+    folder = p.settings.data_dir / "mail"
+    assert any(to in path.read_text() for path in folder.glob("*.eml"))
+    async with p.db.engine.connect() as conn:
+        sealed = await conn.scalar(
+            text("select sealed from platform.mail_queue where id = :id"), {"id": queued}
+        )
+    assert sealed is None
+
+
 # Without a worker: the claim and the reaper's rules, in this process ------------------------
 
 
