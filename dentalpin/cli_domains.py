@@ -1,7 +1,10 @@
-"""`dentalpin domains add|verify|list|remove`: a clinic's custom domains, as the operator.
+"""`dentalpin domains add|verify|list|remove|recheck`: clinics' custom domains, as the
+operator.
 
 A domain is routed to its clinic only once verified: its DNS publishes the TXT record
-`_dentalpin.<domain>` with the claim's token (`verify` looks it up now).
+`_dentalpin.<domain>` with the claim's token (`verify` looks it up now). Verified domains
+are looked up again daily (beat; `recheck` does it now) and stop routing after
+`DENTALPIN_DOMAIN_RECHECK_FAILURES` misses in a row.
 """
 
 from __future__ import annotations
@@ -13,7 +16,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from dentalpin.platform._audit import CLI
-from dentalpin.platform._domains import add_domain, list_domains, remove_domain, verify_domain
+from dentalpin.platform._domains import (
+    add_domain,
+    list_domains,
+    recheck_domains,
+    remove_domain,
+    verify_domain,
+)
 from dentalpin.platform._identity import tenant_id_by_slug
 from dentalpin.platform._runtime import Platform
 
@@ -80,10 +89,18 @@ def domains_list(slug: str, as_json: JsonOpt = False) -> None:
         if as_json:
             emit_json(found)
             return
-        table = Table("hostname", "verified", "TXT record", "value")
+        table = Table("hostname", "verified", "checked", "misses", "TXT record", "value")
         for d in found:
             record = d["txt_record"]
-            _row(table, d["hostname"], d["verified"], record["name"], record["value"])
+            _row(
+                table,
+                d["hostname"],
+                d["verified"],
+                d["checked_at"] or "",
+                d["failed_checks"],
+                record["name"],
+                record["value"],
+            )
         out.print(table)
 
     run(go)
@@ -98,5 +115,33 @@ def domains_remove(slug: str, hostname: str) -> None:
         async with platform.db.engine.begin() as conn:
             await remove_domain(conn, await tenant_id_by_slug(conn, slug), hostname, CLI)
         out.print(f"removed {escape(hostname)} from {escape(slug)}")
+
+    run(go)
+
+
+@domains_app.command("recheck")
+def domains_recheck(
+    every: Annotated[
+        bool, typer.Option("--all", help="Every verified domain, not only those due.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Look verified domains up again now (beat does it hourly for those due): a missing
+    record is counted, and the clinic's admins are told; enough misses in a row stop it."""
+    from dentalpin.cli import emit_json, err, out, run
+
+    async def go(platform: Platform) -> None:
+        report = await recheck_domains(platform, every_s=0 if every else None)
+        if as_json:
+            emit_json(report.as_dict())
+            return
+        out.print(
+            f"confirmed {len(report.confirmed)}; record missing {len(report.failing)}; "
+            f"stopped {len(report.unverified)}; DNS did not answer {len(report.unanswered)}"
+        )
+        for name in report.failing:
+            err.print(f"[yellow]missing:[/yellow] {escape(name)} (still served)")
+        for name in report.unverified:
+            err.print(f"[red]stopped:[/red] {escape(name)} no longer serves its clinic")
 
     run(go)

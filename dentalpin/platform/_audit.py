@@ -27,6 +27,8 @@ class AuditContext:
 
 
 CLI = AuditContext(actor="cli")
+SYSTEM = AuditContext(actor="platform")
+"""The platform acting on its own schedule (beat's checks), for nobody's request."""
 
 
 async def record(

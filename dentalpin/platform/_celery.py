@@ -4,7 +4,7 @@
   The job row, not the broker, is the truth: a redelivered or duplicated task finds the
   job taken or done and does nothing.
 - `periodic`: beat's schedule, among it the job reaper (`dentalpin.jobs.reap`) and the
-  mail queue's retries (`dentalpin.mail.retry`).
+  mail queue's retries (`dentalpin.mail.retry`) and the custom domains' re-checks.
 - `events`: the default queue, for the events pipeline.
 
 Tasks are acknowledged late and workers prefetch one message at a time. Each worker
@@ -27,6 +27,7 @@ from celery.signals import (
 )
 
 from . import _beat, _workers
+from ._domains import recheck_domains
 from ._jobs import reap_jobs, run_job
 from ._mail_queue import retry_due
 from ._nudge import DELIVER_TASK, EVENTS_QUEUE, SWEEP_TASK, chunked, pending_key
@@ -41,6 +42,7 @@ HEARTBEAT_TASK = "dentalpin.platform.heartbeat"
 TICK_TASK = "dentalpin.periodic.tick"
 PRUNE_TASK = "dentalpin.events.prune"
 MAIL_RETRY_TASK = "dentalpin.mail.retry"
+DOMAINS_RECHECK_TASK = "dentalpin.domains.recheck"
 RUN_PERIODIC_TASK = "dentalpin.periodic.run"
 
 
@@ -64,6 +66,7 @@ def make_celery(
             SWEEP_TASK: {"queue": "periodic"},
             PRUNE_TASK: {"queue": "periodic"},
             MAIL_RETRY_TASK: {"queue": "periodic"},
+            DOMAINS_RECHECK_TASK: {"queue": "periodic"},
             TICK_TASK: {"queue": "periodic"},
             RUN_PERIODIC_TASK: {"queue": "periodic"},
         },
@@ -101,6 +104,12 @@ def make_celery(
                 "task": MAIL_RETRY_TASK,
                 "schedule": settings.mail_retry_every_s,
                 "options": {"queue": "periodic", "expires": settings.mail_retry_every_s},
+            },
+            "domains-recheck": {
+                "task": DOMAINS_RECHECK_TASK,
+                # Hourly passes take the names due (each every domain_recheck_every_s).
+                "schedule": min(3600.0, settings.domain_recheck_every_s),
+                "options": {"queue": "periodic", "expires": 3600.0},
             },
             "events-sweep": {
                 "task": SWEEP_TASK,
@@ -196,6 +205,11 @@ def make_celery(
     def retry_mail() -> dict[str, Any]:
         """Send the queued messages that are due (the mail server was down)."""
         return _workers.run_in_worker(retry_due).as_dict()
+
+    @app.task(name=DOMAINS_RECHECK_TASK)  # type: ignore[untyped-decorator]
+    def recheck_custom_domains() -> dict[str, list[str]]:
+        """Look verified custom domains up again; stop routing those whose record is gone."""
+        return _workers.run_in_worker(recheck_domains).as_dict()
 
     @app.task(name=TICK_TASK)  # type: ignore[untyped-decorator]
     def periodic_tick() -> int:

@@ -5,6 +5,13 @@ to it (`app.resolve_tenant` reads verified claims only).
 Several clinics may claim the same name (a claim alone must not let a squatter block the
 owner); each claim has its own token, so only the one whose token the DNS publishes can
 be verified, and a unique index allows one verified claim per name.
+
+A verified name is looked up again every `domain_recheck_every_s` (beat's
+`dentalpin.domains.recheck`): a domain that lapsed or moved must not keep routing to the
+clinic, yet one missed answer must not cut a clinic off. So a missing record is counted,
+the clinic's admins are told at the first miss, and the name stops routing after
+`domain_recheck_failures` misses in a row; a DNS server that does not answer counts as
+nothing (the question is asked again at the next tick).
 """
 
 from __future__ import annotations
@@ -13,21 +20,27 @@ import ipaddress
 import re
 import secrets
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 import dns.asyncresolver
 import dns.exception
 import dns.nameserver
 import dns.resolver
-from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy import and_, delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ._audit import AuditContext, record
+from ._audit import SYSTEM, AuditContext, record
 from ._errors import Conflict, InvalidInput, NotFound, Unavailable
+from ._identity import list_members
+from ._links import clinic_url
+from ._mail import Mail, compose
+from ._mail_queue import deliver, enqueue
+from ._roles import ADMIN_ROLE
 from ._runtime import Platform
 from ._settings import Settings
-from ._tables import domains
+from ._tables import domains, tenants
 
 TXT_PREFIX = "_dentalpin."
 TOKEN_PREFIX = "dentalpin-verification="  # noqa: S105 - a record's prefix, not a secret
@@ -72,6 +85,9 @@ def _public(row: Any) -> dict[str, Any]:
         "hostname": row.hostname,
         "verified": row.verified,
         "verified_at": row.verified_at.isoformat() if row.verified_at else None,
+        "checked_at": row.checked_at.isoformat() if row.checked_at else None,
+        "failed_checks": row.failed_checks,
+        "last_check_error": row.last_check_error,
         "txt_record": {
             "name": txt_name(row.hostname),
             "type": "TXT",
@@ -159,7 +175,13 @@ async def verify_domain(
                 await conn.execute(
                     update(domains)
                     .where(_claim(tenant_id, name))
-                    .values(verified=True, verified_at=func.now())
+                    .values(
+                        verified=True,
+                        verified_at=func.now(),
+                        checked_at=func.now(),
+                        failed_checks=0,
+                        last_check_error=None,
+                    )
                     .returning(domains)
                 )
             ).one()
@@ -196,3 +218,152 @@ async def txt_values(settings: Settings, name: str) -> list[str]:
     except dns.exception.DNSException as exc:
         raise Unavailable(f"DNS could not be asked about {name}; retry shortly") from exc
     return [b"".join(record.strings).decode(errors="replace") for record in answer]
+
+
+# Re-checks -------------------------------------------------------------------------------
+
+RECHECK_BATCH = 200
+"""Names one pass looks up at most (the next tick takes the rest)."""
+
+_DUE = text(
+    """
+    with due as (
+        select d.hostname, d.tenant_id, d.checked_at
+          from platform.domains d
+         where d.verified
+           and (d.checked_at is null
+                or d.checked_at < now() - make_interval(secs => :every_s))
+         order by d.checked_at nulls first
+         limit :batch
+           for update skip locked)
+    update platform.domains d
+       set checked_at = now()
+      from due
+     where d.hostname = due.hostname and d.tenant_id = due.tenant_id
+    returning d.hostname, d.tenant_id, d.verification_token, d.failed_checks,
+              due.checked_at as previous_check
+    """
+)
+
+
+@dataclass
+class RecheckReport:
+    confirmed: list[str] = field(default_factory=list)
+    failing: list[str] = field(default_factory=list)
+    """Names whose record was missing, still routed (fewer misses than the limit)."""
+    unverified: list[str] = field(default_factory=list)
+    """Names that stopped routing in this pass."""
+    unanswered: list[str] = field(default_factory=list)
+    """Names DNS could not be asked about: checked again at the next tick."""
+
+    def as_dict(self) -> dict[str, list[str]]:
+        return {
+            "confirmed": self.confirmed,
+            "failing": self.failing,
+            "unverified": self.unverified,
+            "unanswered": self.unanswered,
+        }
+
+
+async def recheck_domains(platform: Platform, *, every_s: float | None = None) -> RecheckReport:
+    """Look up the verified names not checked for `every_s` (default
+    `domain_recheck_every_s`; 0: all of them) and act on what DNS says."""
+    settings = platform.settings
+    every = settings.domain_recheck_every_s if every_s is None else every_s
+    async with platform.db.engine.begin() as conn:
+        due = list(await conn.execute(_DUE, {"every_s": every, "batch": RECHECK_BATCH}))
+    report = RecheckReport()
+    for claim in due:
+        try:
+            found = await txt_values(settings, txt_name(claim.hostname))
+        except Unavailable as exc:
+            await _unanswered(platform, claim, exc.detail)
+            report.unanswered.append(claim.hostname)
+            continue
+        if claim.verification_token in found:
+            await _confirmed(platform, claim)
+            report.confirmed.append(claim.hostname)
+        elif claim.failed_checks + 1 >= settings.domain_recheck_failures:
+            await _missing(platform, claim, stop=True)
+            report.unverified.append(claim.hostname)
+        else:
+            await _missing(platform, claim, stop=False)
+            report.failing.append(claim.hostname)
+    return report
+
+
+async def _unanswered(platform: Platform, claim: Any, error: str) -> None:
+    # Not the clinic's doing: the name stays due, as if this pass had not looked.
+    async with platform.db.engine.begin() as conn:
+        await conn.execute(
+            update(domains)
+            .where(_claim(claim.tenant_id, claim.hostname))
+            .values(checked_at=claim.previous_check, last_check_error=error)
+        )
+
+
+async def _confirmed(platform: Platform, claim: Any) -> None:
+    async with platform.db.engine.begin() as conn:
+        await conn.execute(
+            update(domains)
+            .where(_claim(claim.tenant_id, claim.hostname))
+            .values(failed_checks=0, last_check_error=None)
+        )
+
+
+async def _missing(platform: Platform, claim: Any, *, stop: bool) -> None:
+    """Count a miss (or stop routing the name), audit it, and tell the clinic's admins at
+    the first miss and when the name stops."""
+    settings = platform.settings
+    failures = claim.failed_checks + 1
+    error = f"no TXT record {txt_name(claim.hostname)} holds the clinic's token"
+    values: dict[str, Any] = {"failed_checks": failures, "last_check_error": error}
+    if stop:
+        values.update(verified=False, verified_at=None)
+    queued = []
+    async with platform.db.engine.begin() as conn:
+        await conn.execute(
+            update(domains).where(_claim(claim.tenant_id, claim.hostname)).values(values)
+        )
+        await record(
+            conn,
+            SYSTEM,
+            "domain.unverified" if stop else "domain.check_failed",
+            tenant_id=claim.tenant_id,
+            target=claim.hostname,
+            failed_checks=failures,
+        )
+        if stop or failures == 1:
+            for mail in await _notices(conn, settings, claim, failures, stop):
+                queued.append(await enqueue(conn, settings, mail))
+    for mail_id in queued:
+        await deliver(platform, mail_id)
+
+
+async def _notices(
+    conn: AsyncConnection, settings: Settings, claim: Any, failures: int, stop: bool
+) -> list[Mail]:
+    clinic = (await conn.execute(select(tenants).where(tenants.c.id == claim.tenant_id))).one()
+    admins = [m for m in await list_members(conn, claim.tenant_id) if ADMIN_ROLE in m["roles"]]
+    subject = (
+        f"{claim.hostname} no longer serves {clinic.name}"
+        if stop
+        else f"Check the DNS record of {claim.hostname}"
+    )
+    return [
+        compose(
+            admin["email"],
+            subject,
+            "domain_check",
+            name=admin["name"] or admin["email"],
+            clinic=clinic.name,
+            hostname=claim.hostname,
+            record=txt_name(claim.hostname),
+            token=claim.verification_token,
+            stopped=stop,
+            failures=failures,
+            limit=settings.domain_recheck_failures,
+            clinic_url=clinic_url(settings, clinic.slug),
+        )
+        for admin in admins
+    ]

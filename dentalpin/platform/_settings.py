@@ -142,6 +142,10 @@ class Settings(BaseSettings):
     """Nameservers (`1.1.1.1`, `127.0.0.1:5353`) that check custom domains' TXT records
     (`DENTALPIN_DNS_NAMESERVERS`, a JSON list). Empty: the system's resolver."""
     dns_timeout_s: float = Field(default=5.0, gt=0)
+    domain_recheck_every_s: float = Field(default=86400.0, ge=60)
+    """How often a verified custom domain's TXT record is looked up again."""
+    domain_recheck_failures: int = Field(default=3, ge=1)
+    """Failed re-checks in a row after which the domain stops serving its clinic."""
     public_url: str = "http://localhost:8000"
     """Where people reach the platform (scheme, `base_domain`, port): links in e-mails. A
     clinic's links put its slug before the host (https://<slug>.dentalpin.example)."""

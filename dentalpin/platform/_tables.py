@@ -88,6 +88,11 @@ domains = Table(
     Column("verification_token", Text, nullable=False),
     _now(),
     Column("verified_at", DateTime(timezone=True)),
+    # The daily re-check of verified claims (revision 0010): a name whose record is gone
+    # for `domain_recheck_failures` checks in a row stops routing.
+    Column("checked_at", DateTime(timezone=True)),
+    Column("failed_checks", Integer, nullable=False, server_default=text("0")),
+    Column("last_check_error", Text),
     CheckConstraint("hostname = lower(hostname)", name="hostname_lower"),
     Index(
         "uq_domains_verified_hostname", "hostname", unique=True, postgresql_where=text("verified")

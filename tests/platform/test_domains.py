@@ -245,6 +245,155 @@ async def test_the_cli_adds_verifies_lists_and_removes(dns_platform, dns_zone, t
     assert cli("domains", "remove", tenant.slug, name, code=1).code == 1
 
 
+async def verified_domain(platform, zone):
+    """A clinic with an admin, and a custom domain verified for it."""
+    tenant = await create_tenant(platform, unique_slug("dom-re"), modules=["recall"])
+    admin_user = await make_user(platform)
+    await add_member(platform, tenant, admin_user, ["admin"])
+    admin = bearer(await session(platform, admin_user, tenant))
+    name = domain()
+    async with http(platform) as api:
+        added = (await api.post(DOMAINS, json={"hostname": name}, headers=admin)).json()
+        zone.records[f"_dentalpin.{name}"] = [added["txt_record"]["value"]]
+        verified = await api.post(f"{DOMAINS}/{name}/verify", headers=admin)
+    assert verified.json()["verified"] is True and verified.json()["checked_at"]
+    return tenant, admin, admin_user, name, added["txt_record"]["value"]
+
+
+async def make_due(platform, name: str) -> None:
+    from sqlalchemy import text
+
+    async with platform.db.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "update platform.domains set checked_at = now() - interval '2 days' "
+                "where hostname = :h"
+            ),
+            {"h": name},
+        )
+
+
+async def notices(platform, email: str) -> list[str]:
+    from sqlalchemy import text
+
+    from dentalpin.platform._mail_queue import _unseal
+
+    async with platform.db.engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "select * from platform.mail_queue where to_address = :e and kind = "
+                "'domain_check' order by created_at"
+            ),
+            {"e": email},
+        )
+        # Sent messages lose their bodies: what is left says they went.
+        return [r.state if r.sealed is None else _unseal(platform.settings, r).text for r in rows]
+
+
+async def test_a_domain_whose_record_is_gone_stops_serving_after_misses_in_a_row(
+    dns_platform, dns_zone
+):
+    from dentalpin.platform._domains import recheck_domains
+
+    tenant, admin, admin_user, name, token = await verified_domain(dns_platform, dns_zone)
+    assert name not in (await recheck_domains(dns_platform)).confirmed  # checked just now
+    del dns_zone.records[f"_dentalpin.{name}"]  # the domain lapsed, or its DNS moved
+    limit = dns_platform.settings.domain_recheck_failures
+    assert limit == 3
+    for miss in range(1, limit):
+        await make_due(dns_platform, name)
+        report = await recheck_domains(dns_platform)
+        assert name in report.failing and name not in report.unverified, miss
+        async with http(dns_platform, name) as on_domain:
+            assert (await on_domain.get(STATUS)).status_code != 404  # still served
+    async with http(dns_platform) as api:
+        (shown,) = (await api.get(DOMAINS, headers=admin)).json()
+    assert shown["verified"] is True and shown["failed_checks"] == limit - 1
+    assert "no TXT record" in shown["last_check_error"]
+    assert await notices(dns_platform, admin_user.email) == ["sent"]  # told at the first miss
+
+    await make_due(dns_platform, name)
+    assert name in (await recheck_domains(dns_platform)).unverified
+    async with http(dns_platform, name) as on_domain:
+        assert_problem(await on_domain.get(STATUS), 404)
+    assert await notices(dns_platform, admin_user.email) == ["sent", "sent"]
+    assert ("domain.unverified", name) in await domain_audit(dns_platform, tenant)
+
+    # Published again, the admin verifies again: served, with a clean slate.
+    dns_zone.records[f"_dentalpin.{name}"] = [token]
+    async with http(dns_platform) as api:
+        again = await api.post(f"{DOMAINS}/{name}/verify", headers=admin)
+    assert again.json()["verified"] is True and again.json()["failed_checks"] == 0
+    async with http(dns_platform, name) as on_domain:
+        assert (await on_domain.get(STATUS)).status_code != 404
+
+
+async def test_a_record_back_before_the_limit_resets_the_count(dns_platform, dns_zone):
+    from dentalpin.platform._domains import recheck_domains
+
+    tenant, admin, _, name, token = await verified_domain(dns_platform, dns_zone)
+    dns_zone.records[f"_dentalpin.{name}"] = ["v=spf1 -all"]  # someone edited the zone
+    await make_due(dns_platform, name)
+    assert name in (await recheck_domains(dns_platform)).failing
+    dns_zone.records[f"_dentalpin.{name}"] = [token]
+    await make_due(dns_platform, name)
+    assert name in (await recheck_domains(dns_platform)).confirmed
+    async with http(dns_platform) as api:
+        (shown,) = (await api.get(DOMAINS, headers=admin)).json()
+    assert shown["failed_checks"] == 0 and shown["last_check_error"] is None
+    assert ("domain.check_failed", name) in await domain_audit(dns_platform, tenant)
+
+
+async def test_a_silent_nameserver_is_no_miss_and_the_name_stays_due(dns_platform, dns_zone):
+    from dentalpin.platform._domains import recheck_domains
+
+    _, admin, _, name, _ = await verified_domain(dns_platform, dns_zone)
+    await make_due(dns_platform, name)
+    quiet = dataclasses.replace(
+        dns_platform,
+        settings=dns_platform.settings.model_copy(
+            update={"dns_nameservers": [f"127.0.0.1:{free_udp_port()}"], "dns_timeout_s": 0.3}
+        ),
+    )
+    assert name in (await recheck_domains(quiet)).unanswered
+    async with http(dns_platform) as api:
+        (shown,) = (await api.get(DOMAINS, headers=admin)).json()
+    assert shown["verified"] is True and shown["failed_checks"] == 0
+    assert "retry" in shown["last_check_error"]
+    assert name in (await recheck_domains(dns_platform)).confirmed  # still due: asked again
+
+
+async def test_the_cli_rechecks_now_and_beat_schedules_it(dns_platform, dns_zone, tmp_path: Path):
+    from dentalpin.platform._celery import DOMAINS_RECHECK_TASK, make_celery
+
+    tenant, _, _, name, _ = await verified_domain(dns_platform, dns_zone)
+    cli = Cli(dns_platform, tmp_path)
+    cli.env["DENTALPIN_DNS_NAMESERVERS"] = json.dumps([dns_zone.nameserver])
+    assert name not in cli("domains", "recheck", "--json").json()["confirmed"]  # not due
+    assert name in cli("domains", "recheck", "--all", "--json").json()["confirmed"]
+    del dns_zone.records[f"_dentalpin.{name}"]
+    missing = cli("domains", "recheck", "--all")
+    assert f"missing: {name} (still served)" in missing.output
+    listed = cli("domains", "list", tenant.slug, "--json").json()
+    assert listed[0]["failed_checks"] == 1
+    entry = make_celery(current=False).conf.beat_schedule["domains-recheck"]
+    assert entry["task"] == DOMAINS_RECHECK_TASK and entry["options"]["queue"] == "periodic"
+
+
+async def domain_audit(platform, tenant) -> list[tuple[str, str]]:
+    from sqlalchemy import text
+
+    async with platform.db.engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "select action, target from platform.audit_log where tenant_id = :t "
+                "and action like 'domain.%' order by id"
+            ),
+            {"t": tenant.id},
+        )
+        return [(r.action, r.target) for r in rows]
+
+
 async def test_revision_0007_downgrades_keeping_one_claim_per_name_and_upgrades_again(
     fresh_platform,
 ):
