@@ -16,6 +16,7 @@ nothing (the question is asked again at the next tick).
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import re
 import secrets
@@ -223,7 +224,9 @@ async def txt_values(settings: Settings, name: str) -> list[str]:
 # Re-checks -------------------------------------------------------------------------------
 
 RECHECK_BATCH = 200
-"""Names one pass looks up at most (the next tick takes the rest)."""
+"""Names claimed at a time; a pass claims batches until none is due."""
+RECHECK_CONCURRENCY = 8
+"""Lookups in flight at once (each may wait `dns_timeout_s` for a silent nameserver)."""
 
 _DUE = text(
     """
@@ -268,28 +271,39 @@ class RecheckReport:
 async def recheck_domains(platform: Platform, *, every_s: float | None = None) -> RecheckReport:
     """Look up the verified names not checked for `every_s` (default
     `domain_recheck_every_s`; 0: all of them) and act on what DNS says."""
-    settings = platform.settings
-    every = settings.domain_recheck_every_s if every_s is None else every_s
-    async with platform.db.engine.begin() as conn:
-        due = list(await conn.execute(_DUE, {"every_s": every, "batch": RECHECK_BATCH}))
+    every = platform.settings.domain_recheck_every_s if every_s is None else every_s
     report = RecheckReport()
-    for claim in due:
+    limiter = asyncio.Semaphore(RECHECK_CONCURRENCY)
+    while True:
+        # Claiming stamps `checked_at`: a name is not due again within this pass.
+        async with platform.db.engine.begin() as conn:
+            due = list(await conn.execute(_DUE, {"every_s": every, "batch": RECHECK_BATCH}))
+        await asyncio.gather(*(_recheck(platform, claim, report, limiter) for claim in due))
+        # Unanswered names are due again at once: with DNS in trouble, leave the rest (and
+        # them) to the next tick rather than claim them over and over.
+        if len(due) < RECHECK_BATCH or report.unanswered:
+            return report
+
+
+async def _recheck(
+    platform: Platform, claim: Any, report: RecheckReport, limiter: asyncio.Semaphore
+) -> None:
+    async with limiter:
         try:
-            found = await txt_values(settings, txt_name(claim.hostname))
+            found = await txt_values(platform.settings, txt_name(claim.hostname))
         except Unavailable as exc:
             await _unanswered(platform, claim, exc.detail)
             report.unanswered.append(claim.hostname)
-            continue
+            return
         if claim.verification_token in found:
             await _confirmed(platform, claim)
             report.confirmed.append(claim.hostname)
-        elif claim.failed_checks + 1 >= settings.domain_recheck_failures:
+        elif claim.failed_checks + 1 >= platform.settings.domain_recheck_failures:
             await _missing(platform, claim, stop=True)
             report.unverified.append(claim.hostname)
         else:
             await _missing(platform, claim, stop=False)
             report.failing.append(claim.hostname)
-    return report
 
 
 async def _unanswered(platform: Platform, claim: Any, error: str) -> None:

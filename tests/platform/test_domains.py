@@ -3,6 +3,7 @@ not routed until verified, claims of other clinics, hostile names, the CLI."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import secrets
@@ -361,6 +362,29 @@ async def test_a_silent_nameserver_is_no_miss_and_the_name_stays_due(dns_platfor
     assert shown["verified"] is True and shown["failed_checks"] == 0
     assert "retry" in shown["last_check_error"]
     assert name in (await recheck_domains(dns_platform)).confirmed  # still due: asked again
+
+
+async def test_a_pass_takes_every_batch_but_stops_when_dns_is_silent(
+    dns_platform, dns_zone, monkeypatch
+):
+    from dentalpin.platform import _domains
+
+    monkeypatch.setattr(_domains, "RECHECK_BATCH", 1)
+    names = [(await verified_domain(dns_platform, dns_zone))[3] for _ in range(2)]
+    for name in names:
+        await make_due(dns_platform, name)
+    report = await _domains.recheck_domains(dns_platform)
+    assert set(names) <= set(report.confirmed)  # batch after batch, in one pass
+    for name in names:
+        await make_due(dns_platform, name)
+    quiet = dataclasses.replace(
+        dns_platform,
+        settings=dns_platform.settings.model_copy(
+            update={"dns_nameservers": [f"127.0.0.1:{free_udp_port()}"], "dns_timeout_s": 0.3}
+        ),
+    )
+    silent = await asyncio.wait_for(_domains.recheck_domains(quiet), 30)
+    assert len(silent.unanswered) == 1  # not the same name claimed over and over
 
 
 async def test_the_cli_rechecks_now_and_beat_schedules_it(dns_platform, dns_zone, tmp_path: Path):
