@@ -19,6 +19,7 @@ from ._errors import (
 )
 from ._events import Event, EventContext, Handler, publish
 from ._manifest import Category, Manifest, NavEntry
+from ._members import ClinicMembers, Member
 from ._module import (
     NAMING_CONVENTION,
     LifecycleContext,
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from ._http import (
         CurrentPrincipal,
         IfMatch,
+        Members,
         PageParams,
         Paging,
         Principal,
@@ -56,6 +58,7 @@ _HTTP_NAMES = frozenset(
     {
         "CurrentPrincipal",
         "IfMatch",
+        "Members",
         "PageParams",
         "Paging",
         "Principal",
@@ -79,6 +82,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "NAMING_CONVENTION",
     "Category",
+    "ClinicMembers",
     "Conflict",
     "CurrentPrincipal",
     "Event",
@@ -89,6 +93,8 @@ __all__ = [
     "InvalidInput",
     "LifecycleContext",
     "Manifest",
+    "Member",
+    "Members",
     "Module",
     "NavEntry",
     "NotFound",

@@ -24,6 +24,7 @@ from ._auth import load_principal
 from ._clients import SCOPES, load_client, resellers_of
 from ._db import TenantScope
 from ._errors import Forbidden, NotFound, Unauthenticated
+from ._members import ClinicMembers
 from ._module import TenantRef
 from ._request_id import audit_context
 from ._rows import parse_if_match
@@ -363,8 +364,17 @@ def public() -> Any:
     return Depends(PublicRoute())
 
 
+def get_members(
+    tenant: Annotated[TenantRef, Depends(get_tenant)],
+    platform: Annotated[Platform, Depends(get_platform)],
+) -> ClinicMembers:
+    return ClinicMembers(platform, tenant.id)
+
+
 Tenant = Annotated[TenantRef, Depends(get_tenant)]
 TenantDB = Annotated[AsyncSession, Depends(get_tenant_session)]
+Members = Annotated[ClinicMembers, Depends(get_members)]
+"""The request's clinic's members (`await members.get(user_id)`): modules cannot read them."""
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
 
 

@@ -13,6 +13,7 @@ from dentalpin.platform import (
     Forbidden,
     IfMatch,
     InvalidInput,
+    Members,
     PageOf,
     Paging,
     Principal,
@@ -82,8 +83,19 @@ async def list_professionals(
     "/professionals", dependencies=[STAFF_WRITE], status_code=201, response_model=ProfessionalOut
 )
 async def create_professional(
-    body: ProfessionalIn, db: TenantDB, response: Response
+    body: ProfessionalIn, db: TenantDB, members: Members, response: Response
 ) -> dict[str, Any]:
+    """Make a member of the clinic bookable (named as their account is, unless given)."""
+    member = await members.get(body.user_id)
+    if member is None:
+        raise InvalidInput(
+            f"user {body.user_id} is not a member of this clinic: add them as a member "
+            "first (POST /api/v1/members), then make them a professional"
+        )
+    if body.display_name is None:
+        if not member.name:
+            raise InvalidInput("the member's account has no name: give display_name")
+        body = body.model_copy(update={"display_name": member.name})
     created = await service.create_professional(db, body)
     tag(response, created["version"])
     return created

@@ -48,8 +48,10 @@ class WorkingHoursOut(BaseModel):
 
 
 class ProfessionalIn(_In):
-    user_id: uuid.UUID = Field(description="The member's platform user id")
-    display_name: str = Field(min_length=1, max_length=120)
+    user_id: uuid.UUID = Field(description="A member of the clinic: their platform user id")
+    display_name: str | None = Field(
+        default=None, min_length=1, max_length=120, description="Default: the member's name"
+    )
     color: str = Field(default="#2a9d8f", pattern=COLOR_PATTERN)
     hours: list[WorkingHoursIn] = Field(default_factory=list, max_length=200)
 

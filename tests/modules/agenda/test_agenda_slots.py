@@ -247,3 +247,31 @@ async def test_professionals_are_versioned_and_their_hours_replaced(world: World
         assert refused.status_code == 422 and "no longer active" in refused.text
         active = await http.get(PROFESSIONALS, params={"active": "true"}, headers=headers)
     assert str(world.pros["hygienist"]) not in {p["id"] for p in active.json()["items"]}
+
+
+async def test_only_members_of_the_clinic_become_professionals(world: World):
+    """A professional is a member: not any user id, and never another clinic's member."""
+    from dentalpin.tenants import create_tenant
+    from tests.conftest import unique_slug
+
+    elsewhere = await create_tenant(world.platform, unique_slug("agenda-b"), modules=["agenda"])
+    theirs = await make_user(world.platform, name="Dra. Ajena")
+    await add_member(world.platform, elsewhere, theirs, ["dentist"])
+    outsider = await make_user(world.platform, name="Nadie")
+    ours = await make_user(world.platform, name="Dra. Nueva")
+    await add_member(world.platform, world.tenant, ours, ["hygienist"])
+    async with world.http() as http:
+        for user_id in (theirs.id, outsider.id, uuid.uuid4()):
+            refused = await http.post(
+                PROFESSIONALS,
+                json={"user_id": str(user_id), "display_name": "Someone"},
+                headers=world.tokens["admin"],
+            )
+            assert refused.status_code == 422, refused.text
+            assert "not a member of this clinic" in refused.json()["detail"]
+            assert "Ajena" not in refused.text  # nothing of the other clinic's member shows
+        created = await http.post(
+            PROFESSIONALS, json={"user_id": str(ours.id)}, headers=world.tokens["admin"]
+        )
+        assert created.status_code == 201, created.text
+        assert created.json()["display_name"] == "Dra. Nueva"  # the member's own name
