@@ -25,11 +25,11 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from dentalpin import __version__
 from dentalpin.api import include_routers
-from dentalpin.platform import Conflict, NotFound, TenantRef
+from dentalpin.platform import Conflict, Forbidden, NotFound, TenantRef
 from dentalpin.platform._db import TenantScope
 from dentalpin.platform._errors import Unavailable
 from dentalpin.platform._hardening import install_hardening
-from dentalpin.platform._http import Forbidden, bearer_claims, public, route_guards
+from dentalpin.platform._http import bearer_claims, public, route_guards
 from dentalpin.platform._middleware import RetryStaleStatements
 from dentalpin.platform._problems import install_problem_handlers
 from dentalpin.platform._request_id import RequestId

@@ -1,4 +1,5 @@
-"""The code stays ruff-clean and the core mypy --strict clean (part of the test command)."""
+"""The code stays ruff-clean and mypy --strict clean, modules and CLI included (part of the
+test command)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
         ["ruff", "format", "--check", "."],
         ["mypy"],
     ],
-    ids=["ruff-check", "ruff-format", "mypy-strict-core"],
+    ids=["ruff-check", "ruff-format", "mypy-strict"],
 )
 def test_tool_is_clean(command):
     result = subprocess.run(

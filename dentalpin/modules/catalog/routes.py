@@ -115,7 +115,7 @@ async def list_categories(db: TenantDB) -> list[CategoryOut]:
 @router.get("/vat-types", dependencies=READ)
 async def list_vat_types() -> list[VatTypeOut]:
     return [
-        VatTypeOut(vat_type=kind, rate=rate, description=text)  # type: ignore[arg-type]
+        VatTypeOut(vat_type=kind, rate=rate, description=text)
         for kind, (rate, text) in service.VAT_RATES.items()
     ]
 

@@ -257,7 +257,8 @@ async def set_price(
     query = _price_rows().where(
         prices.c.price_list_id == price_list_id, prices.c.item_id == item_id
     )
-    return (await session.execute(query)).mappings().one()
+    row: RowMapping = (await session.execute(query)).mappings().one()
+    return row
 
 
 async def remove_price(

@@ -165,7 +165,7 @@ def _document(values: dict[str, Any]) -> None:
             "document_type and document_number go together: send both (dni, nie or "
             "passport, and the number) or neither."
         )
-    if kind is None:
+    if kind is None or number is None:
         return
     values["document_number"] = documents.normalize(kind, number)
     why = documents.problem(kind, values["document_number"])
