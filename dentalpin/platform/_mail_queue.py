@@ -186,6 +186,8 @@ async def _attempt(settings: Settings, row: Any) -> tuple[dict[str, Any], Delive
         return _failed("sealed under another DENTALPIN_SECRET_KEY: it cannot be read")
     try:
         where = await send(settings, mail, message_key=f"{row.id}.dentalpin")
+    except ValueError as exc:  # a header no message may carry (a line break in an address)
+        return _failed(f"it cannot be written as an e-mail: {exc}")
     except MailNotSent as exc:
         if row.attempts >= MAX_ATTEMPTS:
             log.warning(

@@ -235,6 +235,16 @@ async def test_a_message_sealed_under_another_key_fails_clearly(fresh_platform, 
     assert "another DENTALPIN_SECRET_KEY" in row.last_error and row.sealed is None
 
 
+async def test_a_message_no_server_could_take_fails_at_once(fresh_platform):
+    platform = fresh_platform
+    async with platform.db.engine.begin() as conn:
+        queued = await enqueue(conn, platform.settings, _sample("eve@example.es\nBcc: x@y.es"))
+    delivery = await deliver(platform, queued)  # the request that queued it does not fail
+    assert delivery.where is None and "cannot be written" in delivery.error
+    (row,) = await rows(platform)
+    assert row.state == "failed" and row.sealed is None and row.attempts == 1
+
+
 async def test_settled_messages_are_forgotten_after_thirty_days(fresh_platform):
     platform = fresh_platform
     async with platform.db.engine.begin() as conn:
