@@ -39,7 +39,7 @@ MAX_RETRY_S = 3600.0
 KEPT_DAYS = 30
 """How long sent and failed messages stay listed (without their bodies)."""
 BATCH = 50
-"""Messages one retry pass claims at most (the next pass takes the rest)."""
+"""Messages claimed at a time; a pass claims batches while the server takes them all."""
 SEAL_PURPOSE = "mail-queue"
 State = Literal["pending", "sent", "failed"]
 
@@ -133,10 +133,15 @@ async def deliver(platform: Platform, mail_id: uuid.UUID) -> Delivery:
 
 
 async def retry_due(platform: Platform) -> RetryReport:
-    """One pass over the due messages (beat runs it every `mail_retry_every_s`), and the
+    """A pass over the due messages (beat runs it every `mail_retry_every_s`), and the
     removal of messages settled more than `KEPT_DAYS` ago."""
     report = RetryReport()
-    await _pass(platform, report, only=None)
+    while True:
+        done = await _pass(platform, report, only=None)
+        # A short batch is the last; one the server did not all take says it is still in
+        # trouble: the rest wait for their own next attempt rather than a timeout each.
+        if len(done) < BATCH or any(d.where is None for d in done):
+            break
     async with platform.db.engine.begin() as conn:
         gone = await conn.execute(
             delete(mail_queue).where(

@@ -235,6 +235,25 @@ async def test_a_message_sealed_under_another_key_fails_clearly(fresh_platform, 
     assert "another DENTALPIN_SECRET_KEY" in row.last_error and row.sealed is None
 
 
+async def test_a_pass_drains_batch_after_batch_while_the_server_takes_them(
+    fresh_platform, monkeypatch
+):
+    from dentalpin.platform import _mail_queue
+
+    platform = fresh_platform
+    monkeypatch.setattr(_mail_queue, "BATCH", 2)
+    async with platform.db.engine.begin() as conn:
+        for n in range(5):
+            await enqueue(conn, platform.settings, _sample(f"p{n}@example.es"))
+    assert (await retry_due(platform)).sent == 5  # no SMTP host: the mail folder takes all
+    server_down(platform, monkeypatch)
+    async with platform.db.engine.begin() as conn:
+        for n in range(5):
+            await enqueue(conn, platform.settings, _sample(f"q{n}@example.es"))
+    stopped = await retry_due(platform)
+    assert stopped.retrying == 2 and stopped.sent == 0  # one batch, then it waits
+
+
 async def test_a_message_no_server_could_take_fails_at_once(fresh_platform):
     platform = fresh_platform
     async with platform.db.engine.begin() as conn:
