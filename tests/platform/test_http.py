@@ -28,7 +28,7 @@ PROBE = f"{API_PREFIX}/probe"
 PLATFORM_API = {
     *("auth", "me", "members", "roles", "audit", "approvals", "sso", "domains", "events"),
     *("tenants", "jobs", "resellers", "plans", "users", "clients"),
-    *("invitations", "support-grants"),
+    *("invitations", "support-grants", "modules"),
 }
 """The platform's own API (dentalpin/api), next to the module routes."""
 
