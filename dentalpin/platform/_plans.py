@@ -137,7 +137,9 @@ def check_modules(plan: Plan, registry: Registry, names: Iterable[str]) -> None:
     refused = plan.refusals(registry, names)
     if refused:
         raise PlanExceeded(
-            "; ".join(refused.values()) + ". Ask the operator for a plan that includes it"
+            "; ".join(refused.values())
+            + ". It needs a plan that includes it: a reseller asks the operator, a clinic "
+            "its reseller"
         )
 
 

@@ -138,6 +138,7 @@ async def test_the_clinic_plan_binds_its_admin(platform):
         refused = await http.post(MODULES, json={"modules": ["recall"]}, headers=admin)
         assert refused.status_code == 403, refused.text
         assert "not part of plan" in refused.json()["detail"]
+        assert "a clinic its reseller" in refused.json()["detail"]  # whom to ask
         # fx_visits needs fx_people (allowed) and is not in the plan itself.
         refused = await http.post(MODULES, json={"modules": ["fx_visits"]}, headers=admin)
         assert refused.status_code == 403
