@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 
 from dentalpin.cli_identity import JsonOpt
 from dentalpin.platform._mail_queue import State, list_mail, requeue, retry_due
@@ -46,7 +46,10 @@ def mail_list(
         if as_json:
             emit_json(found)
             return
-        table = Table("id", "kind", "to", "state", "attempts", "next / sent", "last error")
+        # The id is what `mail retry` takes: never cut short.
+        table = Table(Column("id", no_wrap=True, min_width=36), "kind", "to", "state")
+        for header in ("attempts", "next / sent", "last error"):
+            table.add_column(header)
         for m in found:
             when = m["sent_at"] or m["next_attempt_at"] or ""
             _row(
