@@ -1,5 +1,6 @@
 """The event pipeline over HTTP: dead letters and their replay (operators), and the
-Prometheus metrics of deliveries, outbox lag, dead letters, jobs and outgoing e-mail."""
+Prometheus metrics of deliveries, outbox lag, dead letters, jobs, outgoing e-mail and custom
+domains."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
 
+from dentalpin.platform._domains import domain_counts
 from dentalpin.platform._errors import InvalidInput, NotFound, Unauthenticated
 from dentalpin.platform._http import Actor, bearer_token, get_platform, platform_access, public
 from dentalpin.platform._mail_queue import queue_counts
@@ -186,7 +188,15 @@ async def metrics(request: Request, platform: PlatformDep) -> Response:
         ["state"],
         registry=registry,
     )
+    custom_domains = Gauge(
+        "dentalpin_custom_domains",
+        "Custom domains by state (alert on failing: verified names whose record went missing)",
+        ["state"],
+        registry=registry,
+    )
     async with platform.db.engine.connect() as conn:
         for state, n in (await queue_counts(conn)).items():
             mail.labels(state).set(n)
+        for state, n in (await domain_counts(conn)).items():
+            custom_domains.labels(state).set(n)
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

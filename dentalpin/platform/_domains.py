@@ -381,3 +381,20 @@ async def _notices(
         )
         for admin in admins
     ]
+
+
+async def domain_counts(conn: AsyncConnection) -> dict[str, int]:
+    """Custom domains by state, for /metrics: `failing` are verified names whose last
+    re-check missed their record (alert: they stop routing after a few more)."""
+    row = (
+        await conn.execute(
+            select(
+                func.count().filter(domains.c.verified).label("verified"),
+                func.count().filter(~domains.c.verified).label("unverified"),
+                func.count()
+                .filter(domains.c.verified, domains.c.failed_checks > 0)
+                .label("failing"),
+            )
+        )
+    ).one()
+    return {"verified": row.verified, "unverified": row.unverified, "failing": row.failing}

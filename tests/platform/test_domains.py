@@ -294,7 +294,7 @@ async def notices(platform, email: str) -> list[str]:
 async def test_a_domain_whose_record_is_gone_stops_serving_after_misses_in_a_row(
     dns_platform, dns_zone
 ):
-    from dentalpin.platform._domains import recheck_domains
+    from dentalpin.platform._domains import domain_counts, recheck_domains
 
     tenant, admin, admin_user, name, token = await verified_domain(dns_platform, dns_zone)
     assert name not in (await recheck_domains(dns_platform)).confirmed  # checked just now
@@ -311,6 +311,8 @@ async def test_a_domain_whose_record_is_gone_stops_serving_after_misses_in_a_row
         (shown,) = (await api.get(DOMAINS, headers=admin)).json()
     assert shown["verified"] is True and shown["failed_checks"] == limit - 1
     assert "no TXT record" in shown["last_check_error"]
+    async with dns_platform.db.engine.connect() as conn:
+        assert (await domain_counts(conn))["failing"] >= 1  # what /metrics exposes
     assert await notices(dns_platform, admin_user.email) == ["sent"]  # told at the first miss
 
     await make_due(dns_platform, name)

@@ -133,6 +133,8 @@ async def test_prometheus_metrics_expose_the_pipeline(quick):
     assert "\ndentalpin_beat_leaders 0.0\n" in body  # no beat runs on this database: alert
     for state in ("pending", "sent", "failed"):
         assert f'dentalpin_mail_messages{{state="{state}"}}' in body
+    for state in ("verified", "unverified", "failing"):
+        assert f'dentalpin_custom_domains{{state="{state}"}}' in body
 
     locked = with_settings(quick, metrics_token=SecretStr("scrape-secret"))
     try:
