@@ -40,10 +40,14 @@ async def deliver_queued(platform: Platform, queued: uuid.UUID, done: str) -> No
         out.print(f"{done}; e-mail: {escape(sent.where)}")
         return
     out.print(done)
-    err.print(
-        f"[yellow]note:[/yellow] the e-mail did not go now ({escape(sent.error or '')}); it "
-        "is queued and retried while the mail server is down (`dentalpin mail list`)"
-    )
+    if sent.queued:
+        err.print(
+            f"[yellow]note:[/yellow] the e-mail did not go now ({escape(sent.error or '')}); "
+            "it is queued and retried while the mail server is down (`dentalpin mail list`)"
+        )
+    else:
+        err.print(f"[red]error:[/red] the e-mail cannot be sent: {escape(sent.error or '')}")
+        raise typer.Exit(1)
 
 
 @members_app.command("invite")

@@ -66,7 +66,9 @@ class Delivery:
     where: str | None = None
     """Where it went (the SMTP server, or the .eml file), if it went."""
     error: str | None = None
-    """Why it did not, if it did not (it stays queued unless it was given up on)."""
+    """Why it did not, if it did not."""
+    queued: bool = False
+    """It did not go and stays queued: it will be tried again."""
 
 
 @dataclass
@@ -129,7 +131,9 @@ async def deliver(platform: Platform, mail_id: uuid.UUID) -> Delivery:
     """Try one queued message now (after the commit that queued it). A message another
     process is sending, or that is not due, is left alone (`error` says so)."""
     done = await _pass(platform, RetryReport(), only=mail_id)
-    return done[0] if done else Delivery(error="not due: another attempt is under way")
+    if done:
+        return done[0]
+    return Delivery(error="another attempt is under way", queued=True)
 
 
 async def retry_due(platform: Platform) -> RetryReport:
@@ -201,7 +205,7 @@ async def _attempt(settings: Settings, row: Any) -> tuple[dict[str, Any], Delive
             return {"state": "failed", "last_error": exc.detail}, Delivery(error=exc.detail)
         wait = timedelta(seconds=backoff_s(row.attempts))
         values = {"state": "pending", "last_error": exc.detail, "next_attempt_at": now + wait}
-        return values, Delivery(error=exc.detail)
+        return values, Delivery(error=exc.detail, queued=True)
     values = {"state": "sent", "sent_at": now, "sealed": None, "last_error": None}
     return values, Delivery(where=where)
 

@@ -260,6 +260,7 @@ async def test_a_message_no_server_could_take_fails_at_once(fresh_platform):
         queued = await enqueue(conn, platform.settings, _sample("eve@example.es\nBcc: x@y.es"))
     delivery = await deliver(platform, queued)  # the request that queued it does not fail
     assert delivery.where is None and "cannot be written" in delivery.error
+    assert delivery.queued is False
     (row,) = await rows(platform)
     assert row.state == "failed" and row.sealed is None and row.attempts == 1
 
@@ -299,3 +300,22 @@ def _sample(to: str):
         expires="soon",
         url=f"https://demo.localhost/verify-email#token={json.dumps(to)[1:-1]}.x.y.z",
     )
+
+
+async def test_the_cli_says_an_invitation_is_queued_when_the_server_is_down(
+    fresh_platform, tmp_path: Path
+):
+    platform = fresh_platform
+    tenant = await create_tenant(platform, unique_slug("mqcli"), modules=[])
+    cli = Cli(platform, tmp_path)
+    cli.env.update(
+        DENTALPIN_SMTP_HOST="127.0.0.1",
+        DENTALPIN_SMTP_PORT=str(free_port()),
+        DENTALPIN_SMTP_SECURITY="none",
+        DENTALPIN_SMTP_TIMEOUT_S="2",
+    )
+    invited = cli("members", "invite", tenant.slug, "zoe@example.es", "--role", "dentist")
+    assert "invited zoe@example.es" in invited.output
+    assert "queued and retried" in invited.output  # exit 0: the invitation exists
+    (row,) = await rows(platform)
+    assert row.kind == "invitation" and row.state == "pending"
