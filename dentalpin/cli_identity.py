@@ -223,7 +223,8 @@ def members_remove(slug: str, email: str) -> None:
         async with platform.db.engine.begin() as conn:
             tenant_id = await tenant_id_by_slug(conn, slug)
             user = await get_user(conn, email)
-            await remove_membership(conn, tenant_id, user.id, ctx=CLI)
+            published = await remove_membership(conn, tenant_id, user.id, ctx=CLI)
+        platform.db.published(published)
         out.print(f"{escape(user.email)} is no longer a member of '{escape(slug)}'")
 
     run(go)

@@ -133,13 +133,14 @@ async def delete_member(
     user_id: uuid.UUID, principal: Signed, request: Request, platform: PlatformDep
 ) -> Response:
     async with platform.db.engine.begin() as conn:
-        await remove_membership(
+        published = await remove_membership(
             conn,
             clinic_id(principal),
             user_id,
             ctx=audit_context(request),
             grantor=principal.permissions,
         )
+    platform.db.published(published)
     return Response(status_code=204)
 
 

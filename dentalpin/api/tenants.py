@@ -376,7 +376,10 @@ async def remove_member(
         if not actor.is_operator:
             await _lock_before_admin(conn, tenant.id, slug)
         try:
-            await remove_membership(conn, tenant.id, user_id, ctx=audit_context(request))
+            published = await remove_membership(
+                conn, tenant.id, user_id, ctx=audit_context(request)
+            )
         except NotFound:
             raise NotFound("that user is not a member of this clinic") from None
+    platform.db.published(published)
     return Response(status_code=204)

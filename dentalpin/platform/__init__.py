@@ -17,7 +17,7 @@ from ._errors import (
     UninstallVeto,
     UnknownModule,
 )
-from ._events import Event, EventContext, Handler, publish
+from ._events import Event, EventContext, Handler, MemberRemoved, publish
 from ._manifest import Category, Manifest, NavEntry
 from ._members import ClinicMembers, Member
 from ._module import (
@@ -94,6 +94,7 @@ __all__ = [
     "LifecycleContext",
     "Manifest",
     "Member",
+    "MemberRemoved",
     "Members",
     "Module",
     "NavEntry",

@@ -101,12 +101,8 @@ def _scope_transaction(session: Session, tx: SessionTransaction, connection: Con
 def _nudge_after_commit(session: Session) -> None:
     published = session.info.pop("published", None)
     database = session.info.get("database")
-    if published and isinstance(database, Database) and database.on_published is not None:
-        # Never raises: a dead broker must not fail a request whose data is committed.
-        try:
-            database.on_published(set(published))
-        except Exception:  # pragma: no cover - defensive; the sweep delivers anyway
-            log.exception("nudging the event relay failed")
+    if published and isinstance(database, Database):
+        database.published(*published)
 
 
 @event.listens_for(TenantSession, "after_soft_rollback")
@@ -187,6 +183,18 @@ class Database:
         self._tenant_sessions = async_sessionmaker(
             self.engine, expire_on_commit=False, sync_session_class=TenantSession
         )
+
+    def published(self, *scopes: TenantScope | None) -> None:
+        """Nudge the relay for events these tenants' committed transactions published
+        (None: nothing was). Never raises: a dead broker must not fail a request whose
+        data is committed."""
+        tenants = {scope for scope in scopes if scope is not None}
+        if self.on_published is None or not tenants:
+            return
+        try:
+            self.on_published(tenants)
+        except Exception:  # pragma: no cover - defensive; the sweep delivers anyway
+            log.exception("nudging the event relay failed")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:

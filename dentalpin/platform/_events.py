@@ -18,9 +18,9 @@ from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from ._db import TenantScope
+from ._db import SCHEMA_NAME, TenantScope
 from ._module import TenantRef
 
 EVENT_NAME = re.compile(r"^[a-z][a-z0-9_]{1,39}\.[a-z][a-z0-9_]{1,79}$")
@@ -74,7 +74,20 @@ class EventContext:
 
 Handler = Callable[[EventContext], Awaitable[None]]
 
-_declared: dict[str, str] = {}
+
+class MemberRemoved(Event):
+    """The platform's own event, in a clinic whose member left (their membership was
+    removed): a module that keeps members' user ids (the agenda's professionals) reacts."""
+
+    event_name: ClassVar[str] = "platform.member_removed"
+    user_id: uuid.UUID
+
+
+PLATFORM_EVENTS: tuple[type[Event], ...] = (MemberRemoved,)
+"""Published by the platform itself (`publish_from_platform`); modules subscribe to them
+like to any module's. No module can be named `platform`, so none can publish these."""
+
+_declared: dict[str, str] = {event.event_name: "platform" for event in PLATFORM_EVENTS}
 """Event name -> publishing module, filled by the registry as it accepts modules."""
 
 
@@ -123,6 +136,8 @@ async def publish(session: AsyncSession, event: Event) -> uuid.UUID:
     if not isinstance(event, Event):
         raise TypeError(f"publish() takes a dentalpin.platform.Event, not {type(event).__name__}")
     name = type(event).event_name
+    if _declared.get(name) == "platform":
+        raise TypeError(f"'{name}' is the platform's own event: modules subscribe to it")
     if name not in _declared:
         raise LookupError(
             f"event '{name}' is not declared by any module: list {type(event).__name__} "
@@ -145,4 +160,31 @@ async def publish(session: AsyncSession, event: Event) -> uuid.UUID:
         },
     )
     session.info.setdefault("published", set()).add(scope)
+    return event_id
+
+
+async def publish_from_platform(
+    conn: AsyncConnection, scope: TenantScope, event: Event
+) -> uuid.UUID:
+    """The platform's `publish`: write one of `PLATFORM_EVENTS` into a tenant's outbox on a
+    platform connection, in the caller's transaction (the event exists exactly when the
+    change that made it commits). After the commit, `Database.published(scope)` nudges
+    the relay; without it the sweep delivers the event all the same."""
+    if type(event) not in PLATFORM_EVENTS:
+        raise TypeError(f"{type(event).__name__} is not one of the platform's own events")
+    if not SCHEMA_NAME.fullmatch(scope.schema):
+        raise ValueError(f"'{scope.schema}' is not a platform-generated tenant schema name")
+    event_id = uuid.uuid4()
+    await conn.execute(
+        text(
+            f'insert into "{scope.schema}".{OUTBOX} (id, name, version, payload) '
+            "values (:id, :name, :version, cast(:payload as jsonb))"
+        ),
+        {
+            "id": event_id,
+            "name": type(event).event_name,
+            "version": type(event).event_version,
+            "payload": event.model_dump_json(),
+        },
+    )
     return event_id

@@ -19,7 +19,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ._audit import AuditContext, record
+from ._db import TenantScope
 from ._errors import Conflict, Forbidden, InvalidInput, NotFound
+from ._events import MemberRemoved, publish_from_platform
 from ._manifest import ROLE
 from ._passwords import hash_password
 from ._registry import Registry
@@ -317,8 +319,17 @@ async def remove_membership(
     *,
     ctx: AuditContext,
     grantor: frozenset[str] | None = None,
-) -> None:
-    await conn.execute(select(tenants.c.id).where(tenants.c.id == tenant_id).with_for_update())
+) -> TenantScope | None:
+    """End a membership, and tell the clinic's modules (`platform.member_removed`, in this
+    transaction). The tenant it was published in, to nudge the relay with after the
+    commit (`Database.published`); None when the clinic is not active."""
+    clinic = (
+        await conn.execute(
+            select(tenants.c.status, tenants.c.schema_name, tenants.c.db_role)
+            .where(tenants.c.id == tenant_id)
+            .with_for_update()
+        )
+    ).first()
     current = await member_roles(conn, tenant_id, user_id)
     if current is None:
         raise NotFound("that user is not a member of this clinic")
@@ -349,6 +360,11 @@ async def remove_membership(
         target=str(user_id),
         previous=sorted(current),
     )
+    if clinic is None or clinic.status != "active":
+        return None
+    scope = TenantScope(clinic.schema_name, clinic.db_role)
+    await publish_from_platform(conn, scope, MemberRemoved(user_id=user_id))
+    return scope
 
 
 async def list_members(conn: AsyncConnection, tenant_id: uuid.UUID) -> list[dict[str, Any]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from dentalpin.platform import LifecycleContext, Manifest, Module
+from dentalpin.platform import Handler, LifecycleContext, Manifest, Module
 
 from .events import EVENTS
 from .models import metadata
@@ -59,6 +59,11 @@ class AgendaModule(Module):
         from .routes import router
 
         return router
+
+    def subscriptions(self) -> dict[str, Handler]:
+        from .service import on_member_removed
+
+        return {"platform.member_removed": on_member_removed}
 
     async def demo(self, ctx: LifecycleContext) -> None:
         from .demo import demo

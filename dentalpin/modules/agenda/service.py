@@ -26,8 +26,10 @@ from dentalpin.modules.locations.models import cabinets, locations
 from dentalpin.modules.patients.models import patients
 from dentalpin.platform import (
     Conflict,
+    EventContext,
     Forbidden,
     InvalidInput,
+    MemberRemoved,
     NotFound,
     Page,
     PreconditionFailed,
@@ -934,3 +936,17 @@ async def free_slots(
         }
         for s, _, p, r in found[: search.limit]
     ]
+
+
+# ---------------------------------------------------------------------------- membership
+
+
+async def on_member_removed(ctx: EventContext) -> None:
+    """Subscriber of `platform.member_removed`: a member who left the clinic is no longer
+    bookable. Their appointments stay where they are, for the clinic to move or cancel."""
+    left = ctx.parse(MemberRemoved)
+    await ctx.session.execute(
+        update(professionals)
+        .where(professionals.c.user_id == left.user_id, professionals.c.active)
+        .values(active=False, version=professionals.c.version + 1, updated_at=func.now())
+    )
