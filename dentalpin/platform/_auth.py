@@ -104,6 +104,12 @@ class SupportNeedsMfa(Forbidden):
 
 # Principal ---------------------------------------------------------------------------
 
+_GRANTEE_ENTITLED = """(u.is_operator or exists (
+            select 1 from platform.reseller_admins ra
+             where ra.user_id = u.id and ra.reseller_id = t.reseller_id))"""
+"""A support grant works only while its grantee (`u`) is still an operator or an admin of
+the reseller that owns the clinic (`t`): one who left loses it at once, not at expiry."""
+
 _PRINCIPAL = text(
     """
     select u.id, u.email, u.name, u.is_operator, u.disabled,
@@ -119,7 +125,7 @@ _PRINCIPAL = text(
       left join lateral (
             select sg.id, sg.roles from platform.support_grants sg
              where sg.grantee_id = u.id and sg.tenant_id = :tenant and m.user_id is null
-               and sg.revoked_at is null and sg.expires_at > now()
+               and sg.revoked_at is null and sg.expires_at > now() and __GRANTEE_ENTITLED__
              order by sg.expires_at desc limit 1) g on true
       cross join lateral (
             select coalesce(array_agg(x.role order by x.role), '{}') as roles
@@ -137,7 +143,7 @@ _PRINCIPAL = text(
                                   and tm.module = split_part(rp.permission, '.', 1)
                                   and tm.state = 'installed'))) perms
      where u.id = :user
-    """
+    """.replace("__GRANTEE_ENTITLED__", _GRANTEE_ENTITLED)
 ).bindparams(
     bindparam("user", type_=UUID(as_uuid=True)),
     bindparam("tenant", type_=UUID(as_uuid=True)),
@@ -218,11 +224,13 @@ _MEMBERSHIP = text(
            true
       from platform.support_grants g
       join platform.tenants t on t.id = g.tenant_id and t.status = 'active'
+      join platform.users u on u.id = g.grantee_id
      where g.grantee_id = :user and g.revoked_at is null and g.expires_at > now()
+       and __GRANTEE_ENTITLED__
        and not exists (select 1 from platform.memberships m
                         where m.user_id = g.grantee_id and m.tenant_id = g.tenant_id)
      order by slug
-    """
+    """.replace("__GRANTEE_ENTITLED__", _GRANTEE_ENTITLED)
 ).bindparams(bindparam("user", type_=UUID(as_uuid=True)))
 
 

@@ -194,6 +194,28 @@ async def test_revoking_ends_access_at_once(platform, clinic):
     assert ("support.revoked", helper.email) in await audit_actions(platform, tenant)
 
 
+async def test_a_grantee_who_stops_being_the_resellers_admin_loses_the_grant_at_once(
+    platform, clinic
+):
+    tenant, admin = clinic
+    helper = await reseller_admin(platform, tenant)
+    await grant(platform, tenant, admin, helper.email, roles=["receptionist"])
+    pair = await session(platform, helper, tenant)
+    async with client(platform, host_of(tenant)) as http:
+        assert (await http.get(REMINDERS, headers=bearer(pair))).status_code == 200
+        async with platform.db.engine.begin() as conn:  # they left the reseller
+            await conn.execute(
+                text("delete from platform.reseller_admins where user_id = :u"), {"u": helper.id}
+            )
+        after = await http.get(REMINDERS, headers=bearer(pair))
+        assert after.status_code in (401, 403), after.text
+    async with client(platform) as http:  # and the clinic is no longer among theirs
+        credentials = {"email": helper.email, "password": "correct horse battery staple"}
+        entered = await http.post("/api/v1/auth/login", json={**credentials, "tenant": tenant.slug})
+    assert entered.status_code == 403, entered.text
+    assert entered.json()["type"].endswith("/not-a-member")
+
+
 async def test_an_expired_grant_stops_working_immediately(platform, clinic):
     tenant, admin = clinic
     operator = await make_user(platform, operator=True)
