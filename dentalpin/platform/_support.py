@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import exists, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ._audit import AuditContext, record
@@ -25,7 +25,7 @@ from ._identity import _check_grantor, get_user, member_roles, role_names
 from ._mail import Mail, compose
 from ._roles import SUPPORT_ROLE, sync_roles
 from ._runtime import Platform
-from ._tables import refresh_tokens, support_grants, tenants
+from ._tables import refresh_tokens, reseller_admins, support_grants, tenants
 from ._tables import users as users_table
 
 MIN_DURATION = timedelta(minutes=5)
@@ -34,7 +34,10 @@ MIN_DURATION = timedelta(minutes=5)
 def _state(row: Any, now: datetime) -> str:
     if row.revoked_at is not None:
         return "revoked"
-    return "expired" if row.expires_at <= now else "active"
+    if row.expires_at <= now:
+        return "expired"
+    # Its grantee left the owning reseller (or the operators): it no longer lets them in.
+    return "active" if row.entitled else "lapsed"
 
 
 def _as_dict(row: Any, now: datetime) -> dict[str, Any]:
@@ -52,8 +55,17 @@ def _as_dict(row: Any, now: datetime) -> dict[str, Any]:
 
 
 def _listing() -> Any:
-    return select(support_grants, users_table.c.email).join(
-        users_table, users_table.c.id == support_grants.c.grantee_id
+    entitled = or_(
+        users_table.c.is_operator,
+        exists().where(
+            reseller_admins.c.user_id == support_grants.c.grantee_id,
+            reseller_admins.c.reseller_id == tenants.c.reseller_id,
+        ),
+    )
+    return (
+        select(support_grants, users_table.c.email, entitled.label("entitled"))
+        .join(users_table, users_table.c.id == support_grants.c.grantee_id)
+        .join(tenants, tenants.c.id == support_grants.c.tenant_id)
     )
 
 

@@ -209,6 +209,8 @@ async def test_a_grantee_who_stops_being_the_resellers_admin_loses_the_grant_at_
             )
         after = await http.get(REMINDERS, headers=bearer(pair))
         assert after.status_code in (401, 403), after.text
+        listed = (await http.get(GRANTS, headers=admin)).json()
+        assert [g["state"] for g in listed if g["grantee"] == helper.email] == ["lapsed"]
     async with client(platform) as http:  # and the clinic is no longer among theirs
         credentials = {"email": helper.email, "password": "correct horse battery staple"}
         entered = await http.post("/api/v1/auth/login", json={**credentials, "tenant": tenant.slug})
