@@ -112,8 +112,9 @@ def _without_worker(job: JobOut) -> JobOut:
 async def catalogue(principal: Signed, platform: PlatformDep) -> list[ClinicModuleOut]:
     """Every module the platform offers, with the clinic's state of each and whether the
     clinic's plan includes it. Quarantined modules (broken code) are the operator's."""
-    tenant, plan = await _clinic_and_plan(platform, principal)
     async with platform.db.engine.connect() as conn:
+        tenant = await tenant_by_id(conn, clinic_id(principal))
+        plan = await clinic_plan(conn, tenant)
         states = await module_states(conn, tenant.id)
     registry = platform.registry
     refused = plan.refusals(registry, registry.names) if plan else {}

@@ -102,3 +102,16 @@ def code(secret: str, offset_steps: int = 0) -> str:
 async def run_job(platform: Platform, kind: str, tenant: TenantRecord, **params: Any) -> Any:
     job = await submit(platform, kind, tenant.id, params)
     return await executor_of(platform).wait(platform, job.id)
+
+
+async def clinic_with_admin(
+    platform: Platform, prefix: str, modules: Iterable[str] = ("recall",)
+) -> tuple[TenantRecord, dict[str, str]]:
+    """A new clinic and the bearer headers of an admin of it."""
+    from dentalpin.tenants import create_tenant
+    from tests.conftest import unique_slug
+
+    tenant = await create_tenant(platform, unique_slug(prefix), modules=list(modules))
+    admin = await make_user(platform)
+    await add_member(platform, tenant, admin, ["admin"])
+    return tenant, bearer(await session(platform, admin, tenant))

@@ -18,7 +18,15 @@ from dnslib.server import BaseResolver, DNSServer
 from dentalpin.app import create_app
 from dentalpin.tenants import create_tenant
 from tests.conftest import unique_slug
-from tests.platform.identity import add_member, bearer, host_of, make_user, random_ip, session
+from tests.platform.identity import (
+    add_member,
+    bearer,
+    clinic_with_admin,
+    host_of,
+    make_user,
+    random_ip,
+    session,
+)
 from tests.test_cli import Cli
 
 DOMAINS = "/api/v1/domains"
@@ -76,13 +84,6 @@ def http(platform, host: str = "localhost") -> httpx.AsyncClient:
         app=create_app(platform), raise_app_exceptions=False, client=(random_ip(), 4321)
     )
     return httpx.AsyncClient(transport=transport, base_url=f"https://{host}")
-
-
-async def clinic_with_admin(platform, prefix: str):
-    tenant = await create_tenant(platform, unique_slug(prefix), modules=["recall"])
-    admin = await make_user(platform)
-    await add_member(platform, tenant, admin, ["admin"])
-    return tenant, bearer(await session(platform, admin, tenant))
 
 
 def domain() -> str:

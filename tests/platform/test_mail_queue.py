@@ -6,7 +6,6 @@ sent again on an operator's word, and sent once when several passes race for it.
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +15,6 @@ from pydantic import SecretStr
 from sqlalchemy import text
 
 from dentalpin.platform._celery import MAIL_RETRY_TASK, make_celery
-from dentalpin.platform._mail import compose
 from dentalpin.platform._mail_queue import (
     MAX_ATTEMPTS,
     _unseal,
@@ -28,8 +26,9 @@ from dentalpin.platform._mail_queue import (
 )
 from dentalpin.tenants import create_tenant
 from tests.conftest import unique_slug
-from tests.platform.identity import add_member, bearer, client, host_of, make_user, session
+from tests.platform.identity import client, clinic_with_admin, host_of, make_user
 from tests.platform.mailbox import TOKEN, free_port, smtp_server, token_of
+from tests.platform.test_mail import sample
 from tests.test_cli import Cli
 
 INVITATIONS = "/api/v1/invitations"
@@ -57,18 +56,11 @@ async def make_due(platform) -> None:
         )
 
 
-async def clinic_admin(platform):
-    tenant = await create_tenant(platform, unique_slug("mq"), modules=[])
-    admin = await make_user(platform)
-    await add_member(platform, tenant, admin, ["admin"])
-    return tenant, bearer(await session(platform, admin, tenant))
-
-
 async def test_an_invitation_made_while_the_mail_server_is_down_arrives_when_it_is_back(
     fresh_platform, monkeypatch
 ):
     platform = fresh_platform
-    tenant, admin = await clinic_admin(platform)
+    tenant, admin = await clinic_with_admin(platform, "mq", modules=())
     server_down(platform, monkeypatch)
     email = f"eva-{uuid.uuid4().hex[:6]}@example.es"
     async with client(platform, host_of(tenant)) as http:
@@ -144,7 +136,7 @@ async def test_given_up_after_its_attempts_then_sent_again_by_an_operator(
     platform = fresh_platform
     server_down(platform, monkeypatch)
     async with platform.db.engine.begin() as conn:
-        queued = await enqueue(conn, platform.settings, _sample("ines@example.es"))
+        queued = await enqueue(conn, platform.settings, sample("ines@example.es"))
     for attempt in range(1, MAX_ATTEMPTS + 1):
         await make_due(platform)
         report = await retry_due(platform)
@@ -183,7 +175,7 @@ async def test_an_expired_link_is_not_sent_and_its_body_is_erased(fresh_platform
     platform = fresh_platform
     server_down(platform, monkeypatch)
     async with platform.db.engine.begin() as conn:
-        await enqueue(conn, platform.settings, _sample("luis@example.es"))
+        await enqueue(conn, platform.settings, sample("luis@example.es"))
         await conn.execute(
             text("update platform.mail_queue set give_up_at = now() - interval '1 second'")
         )
@@ -200,7 +192,7 @@ async def test_a_message_is_queued_only_if_its_transaction_commits(fresh_platfor
 
     async def queue_then_fail() -> None:
         async with platform.db.engine.begin() as conn:
-            await enqueue(conn, platform.settings, _sample("gone@example.es"))
+            await enqueue(conn, platform.settings, sample("gone@example.es"))
             raise RuntimeError("the invitation failed after its mail was made")
 
     with pytest.raises(RuntimeError):
@@ -213,7 +205,7 @@ async def test_passes_racing_for_a_message_send_it_once(fresh_platform, monkeypa
     with smtp_server(platform, monkeypatch) as box:
         box.delay_s = 0.5  # a slow server: the passes overlap
         async with platform.db.engine.begin() as conn:
-            queued = await enqueue(conn, platform.settings, _sample("ana@example.es"))
+            queued = await enqueue(conn, platform.settings, sample("ana@example.es"))
         outcomes = await asyncio.gather(
             deliver(platform, queued), retry_due(platform), retry_due(platform)
         )
@@ -228,7 +220,7 @@ async def test_a_message_sealed_under_another_key_fails_clearly(fresh_platform, 
     platform = fresh_platform
     server_down(platform, monkeypatch)
     async with platform.db.engine.begin() as conn:
-        await enqueue(conn, platform.settings, _sample("kim@example.es"))
+        await enqueue(conn, platform.settings, sample("kim@example.es"))
     monkeypatch.setattr(platform.settings, "secret_key", SecretStr("another secret key, rotated"))
     assert len((await retry_due(platform)).failed) == 1
     (row,) = await rows(platform)
@@ -244,12 +236,12 @@ async def test_a_pass_drains_batch_after_batch_while_the_server_takes_them(
     monkeypatch.setattr(_mail_queue, "BATCH", 2)
     async with platform.db.engine.begin() as conn:
         for n in range(5):
-            await enqueue(conn, platform.settings, _sample(f"p{n}@example.es"))
+            await enqueue(conn, platform.settings, sample(f"p{n}@example.es"))
     assert (await retry_due(platform)).sent == 5  # no SMTP host: the mail folder takes all
     server_down(platform, monkeypatch)
     async with platform.db.engine.begin() as conn:
         for n in range(5):
-            await enqueue(conn, platform.settings, _sample(f"q{n}@example.es"))
+            await enqueue(conn, platform.settings, sample(f"q{n}@example.es"))
     stopped = await retry_due(platform)
     assert stopped.retrying == 2 and stopped.sent == 0  # one batch, then it waits
 
@@ -257,7 +249,7 @@ async def test_a_pass_drains_batch_after_batch_while_the_server_takes_them(
 async def test_a_message_no_server_could_take_fails_at_once(fresh_platform):
     platform = fresh_platform
     async with platform.db.engine.begin() as conn:
-        queued = await enqueue(conn, platform.settings, _sample("eve@example.es\nBcc: x@y.es"))
+        queued = await enqueue(conn, platform.settings, sample("eve@example.es\nBcc: x@y.es"))
     delivery = await deliver(platform, queued)  # the request that queued it does not fail
     assert delivery.where is None and "cannot be written" in delivery.error
     assert delivery.queued is False
@@ -268,8 +260,8 @@ async def test_a_message_no_server_could_take_fails_at_once(fresh_platform):
 async def test_settled_messages_are_forgotten_after_thirty_days(fresh_platform):
     platform = fresh_platform
     async with platform.db.engine.begin() as conn:
-        old = await enqueue(conn, platform.settings, _sample("old@example.es"))
-        await enqueue(conn, platform.settings, _sample("new@example.es"))
+        old = await enqueue(conn, platform.settings, sample("old@example.es"))
+        await enqueue(conn, platform.settings, sample("new@example.es"))
     assert (await retry_due(platform)).sent == 2  # no SMTP host: into the mail folder
     async with platform.db.engine.begin() as conn:
         await conn.execute(
@@ -288,18 +280,6 @@ def test_beat_retries_the_queue_on_the_periodic_queue():
     entry = app.conf.beat_schedule["mail-retry"]
     assert entry["task"] == MAIL_RETRY_TASK and entry["options"]["queue"] == "periodic"
     assert MAIL_RETRY_TASK in app.conf.task_routes
-
-
-def _sample(to: str):
-    return compose(
-        to,
-        "Confirm your e-mail address",
-        "email_verification",
-        name=to,
-        email=to,
-        expires="soon",
-        url=f"https://demo.localhost/verify-email#token={json.dumps(to)[1:-1]}.x.y.z",
-    )
 
 
 async def test_the_cli_says_an_invitation_is_queued_when_the_server_is_down(

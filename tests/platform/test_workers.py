@@ -379,14 +379,13 @@ async def test_beats_mail_retry_task_sends_the_queue_on_a_worker(rig: Rig):
     """The task beat schedules (`dentalpin.mail.retry`), run by a real worker: a queued
     message goes (no SMTP host here: into the worker's mail folder) and its body is erased."""
     from dentalpin.platform._celery import MAIL_RETRY_TASK
-    from dentalpin.platform._mail import compose
     from dentalpin.platform._mail_queue import enqueue
+    from tests.platform.test_mail import sample
 
     p = rig.platform
     to = f"queued-{secrets.token_hex(3)}@example.es"
-    mail = compose(to, "Hello", "email_verification", name=to, email=to, expires="-", url="-")
     async with p.db.engine.begin() as conn:
-        queued = await enqueue(conn, p.settings, mail)
+        queued = await enqueue(conn, p.settings, sample(to))
     celery_app(p.settings).send_task(MAIL_RETRY_TASK, queue="periodic")
 
     async def sent() -> bool:
